@@ -1,0 +1,297 @@
+"""The ``matseg`` command line: one Typer app; every command is a thin shell over a function.
+
+Errors meant for people (``MatsegError``) are printed as one line with exit code 2, never as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from matseg import __version__
+from matseg.errors import MatsegError
+
+app = typer.Typer(
+    name="matseg",
+    help="Which segmentation architecture to trust for your micrographs, and when to stop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(help="Check, describe and fetch datasets.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _friendly_errors() -> Iterator[None]:
+    try:
+        yield
+    except MatsegError as exc:
+        err.print(f"[bold red]error[/]: {exc.line()}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar as a callback(done, total); silent when disabled (e.g. --json)."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"matseg {__version__}")
+        raise typer.Exit(0)
+
+
+# --- datasets -----------------------------------------------------------------------------------
+
+
+def _load_any(target: Path, root: Path | None) -> Any:
+    from matseg.datasets.infer import spec_for_folder
+    from matseg.datasets.spec import load_spec
+
+    spec = spec_for_folder(target) if target.is_dir() else load_spec(target)
+    if root is not None:
+        spec = spec.model_copy(update={"root": str(root.resolve())})
+    return spec
+
+
+def _print_report(rep: Any) -> None:
+    out.print(f"[bold]{rep.name}[/]  {rep.modality}  {rep.material}  ({rep.root})", highlight=False)
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    enc = rep.encoding["type"] if rep.encoding else "none"
+    table.add_row("encoding", f"{enc} ({rep.encoding_source}: {rep.encoding_reason})")
+    table.add_row("pairs found", str(rep.n_pairs))
+    table.add_row("2D items", str(rep.n_items))
+    table.add_row("unpaired", f"{len(rep.unpaired_images)} images, {len(rep.unpaired_masks)} masks")
+    table.add_row("sizes", ", ".join(f"{k} x{v}" for k, v in rep.sizes.items()))
+    table.add_row("dtypes", ", ".join(f"{k} x{v}" for k, v in rep.dtypes.items()))
+    table.add_row("channels", ", ".join(f"{k} x{v}" for k, v in rep.channels.items()))
+    table.add_row(
+        "splits",
+        ", ".join(f"{k} {v['items']} ({v['groups']} groups)" for k, v in rep.splits.items()),
+    )
+    table.add_row("leaks", str(len(rep.leaks)))
+    out.print(table)
+    if rep.classes:
+        classes = Table(title="classes", title_justify="left")
+        for col in ("id", "class", "pixels", "frequency"):
+            classes.add_column(col, justify="right" if col != "class" else "left")
+        for i, name in enumerate(rep.classes):
+            classes.add_row(
+                str(i),
+                name,
+                f"{rep.class_pixels.get(name, 0):,}",
+                f"{rep.class_frequencies.get(name, 0):.4f}",
+            )
+        out.print(classes)
+    if rep.problems:
+        problems = Table(title=f"problems ({len(rep.problems)})", title_justify="left")
+        problems.add_column("level")
+        problems.add_column("where", overflow="fold")
+        problems.add_column("problem", overflow="fold")
+        style = {"error": "red", "warning": "yellow", "note": "dim"}
+        for p in rep.problems:
+            problems.add_row(f"[{style.get(p.level, '')}]{p.level}[/]", p.where, p.message)
+        out.print(problems)
+    verdict = "[green]usable[/]" if rep.usable else "[red]not usable[/]"
+    out.print(f"verdict: {verdict}")
+
+
+@datasets_app.command("check")
+def datasets_check(
+    spec: Annotated[
+        Path, typer.Argument(help="Dataset spec JSON, or a folder with images/ and masks/.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    root: Annotated[Path | None, typer.Option(help="Override the spec's data root.")] = None,
+    fingerprint_out: Annotated[
+        Path | None, typer.Option("--fingerprint", help="Write the dataset fingerprint JSON here.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Keep decoded arrays here for reuse.")
+    ] = None,
+) -> None:
+    """Validate a dataset: pairs, sizes, dtypes, classes, splits, leaks and every problem."""
+    from matseg.datasets.check import inspect_dataset, report
+    from matseg.datasets.fingerprint import fingerprint, write_json
+
+    with _friendly_errors():
+        loaded = _load_any(spec, root)
+        with _progress(f"reading {loaded.name}", enabled=not as_json) as progress:
+            ins = inspect_dataset(loaded, cache_dir=cache_dir, progress=progress)
+        rep = report(ins)
+        if fingerprint_out is not None and ins.stats:
+            write_json(fingerprint_out, fingerprint(ins))
+    if as_json:
+        sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
+    else:
+        _print_report(rep)
+    raise typer.Exit(0 if rep.usable else 1)
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """The public materials datasets matseg knows, with modality, licence and size."""
+    from matseg.datasets.catalog import load_catalog, local_status
+
+    table = Table(title="matseg catalog")
+    for col in ("name", "modality", "material", "files", "MB", "licence", "downloaded"):
+        table.add_column(col)
+    with _friendly_errors():
+        for entry in load_catalog():
+            status = local_status(entry.name)
+            table.add_row(
+                entry.name,
+                entry.modality,
+                entry.material,
+                str(len(entry.files)),
+                f"{entry.total_size / 1e6:.1f}",
+                entry.licence,
+                "yes" if status.complete else f"{status.files_verified}/{status.files_total}",
+            )
+    out.print(table)
+
+
+@datasets_app.command("info")
+def datasets_info(
+    name: Annotated[str, typer.Argument(help="Catalog name (see 'datasets list').")],
+) -> None:
+    """Source, licence, citation, files and local state of one catalog dataset."""
+    from matseg.datasets.catalog import get_entry, local_status
+
+    with _friendly_errors():
+        entry = get_entry(name)
+        status = local_status(name)
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    src = entry.source
+    commit = (
+        f"{src.commit}{' (abbreviated)' if src.commit_abbreviated else ''}" if src.commit else "-"
+    )
+    for key, value in (
+        ("title", entry.title),
+        ("modality", entry.modality),
+        ("material", entry.material),
+        ("task", entry.task),
+        ("description", entry.description),
+        ("licence", f"{entry.licence} {entry.licence_note}".strip()),
+        ("citation", entry.citation or "-"),
+        ("repository", src.repository),
+        ("commit", commit),
+        ("source note", src.note or "-"),
+        ("example spec", entry.example_spec),
+        ("files", f"{len(entry.files)} ({entry.total_size / 1e6:.1f} MB)"),
+        ("local copy", f"{status.path}: {status.files_verified}/{status.files_total} verified"),
+    ):
+        table.add_row(key, str(value))
+    out.print(table, highlight=False)
+
+
+@datasets_app.command("download")
+def datasets_download(
+    name: Annotated[str, typer.Argument(help="Catalog name (see 'datasets list').")],
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache folder (default: ~/.cache/matseg).")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="Fetch from this mirror instead of the upstream URLs.")
+    ] = None,
+) -> None:
+    """Download a catalog dataset into the cache, verifying every file's sha256 (resumable)."""
+    from matseg.datasets.catalog import download, get_entry
+
+    with _friendly_errors():
+        entry = get_entry(name)
+        with _progress(f"downloading {name}") as progress:
+            done: set[str] = set()
+
+            def on_file(path: str, got: int, total: int) -> None:
+                if got >= total:
+                    done.add(path)
+                progress(len(done), len(entry.files))
+
+            folder = download(name, cache_dir=cache_dir, base_url=base_url, progress=on_file)
+    out.print(f"{name}: verified in {folder}", highlight=False)
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo(
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the generated data (default: a temp folder)."),
+    ] = None,
+    kind: Annotated[
+        str, typer.Option(help="Synthetic microstructure: pores, particles, grains...")
+    ] = "pores",
+    seed: Annotated[int, typer.Option(help="Seed for the generator and the split.")] = 0,
+    n_images: Annotated[
+        int, typer.Option(help="Micrographs to generate (each cut into 4 tiles).")
+    ] = 12,
+) -> None:
+    """Generate synthetic micrographs offline, check them, print fingerprint and splits."""
+    from matseg.datasets.check import inspect_dataset, report
+    from matseg.datasets.fingerprint import fingerprint, write_json
+    from matseg.datasets.spec import load_spec
+    from matseg.datasets.synthetic import write_synthetic_dataset
+
+    with _friendly_errors():
+        folder = out_dir or Path(tempfile.mkdtemp(prefix="matseg-demo-"))
+        spec_path = (
+            write_synthetic_dataset(folder, kind=kind, n_images=n_images, seed=seed)
+            / "dataset.json"
+        )
+        out.print(f"generated [bold]{kind}[/] micrographs in {folder}", highlight=False)
+        spec = load_spec(spec_path)
+        with _progress(f"reading {spec.name}") as progress:
+            ins = inspect_dataset(spec, progress=progress)
+        rep = report(ins)
+        _print_report(rep)
+        fp = fingerprint(ins)
+        path = write_json(folder / "fingerprint.json", fp)
+    out.print(f"fingerprint written to {path}", highlight=False)
+    out.print_json(
+        json.dumps({"splits": fp["splits"], "class_frequencies": fp["class_frequencies"]})
+    )
+    raise typer.Exit(0 if rep.usable else 1)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,217 @@
+"""The dataset the trainer sees: items split, tiled, decoded (with a cache) and normalised.
+
+``MicrographDataset`` is a map-style dataset (``len`` / ``[i]``), so it plugs into a PyTorch
+``DataLoader`` with ``collate_samples``. Decoding (file read, mask decode, crop, resize) is the
+slow part and is cached on disk as ``.npy`` keyed by the file and every spec field that changes
+the decoded arrays; normalisation and tiling run on the cached arrays, which are memory-mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matseg.datasets.discover import Item
+from matseg.datasets.loading import ItemLoader, resize_pair
+from matseg.datasets.readers import normalise, probe_shape
+from matseg.datasets.spec import DatasetSpec
+from matseg.datasets.tiling import Window, cut, tile_windows
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """Where a sample comes from, so every number can be traced back to a file and a pixel."""
+
+    key: str
+    source: str
+    mask_source: str | None
+    group: str
+    split: str
+    modality: str
+    pixel_size_um: float | None
+    window: tuple[int, int, int, int]  # y, x, h, w in the (cropped, resized) image
+    index: int | None = None
+    container: str | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Image (C, H, W) float32 normalised, mask (H, W) int64 class ids (or None), metadata."""
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    meta: SampleMeta
+
+
+@dataclass(frozen=True)
+class TileRef:
+    """One sample to be: an item, the window cut from it, and its split."""
+
+    item: Item
+    window: Window
+    split: str
+
+
+def _decode_key(spec: DatasetSpec, item: Item) -> str:
+    """Cache key: file identity (path, size, mtime) and every spec field that shapes the arrays."""
+    parts: dict[str, Any] = {
+        "spec": spec.model_dump(
+            mode="json", include={"encoding", "reader", "crop", "tiling", "classes", "ignore_index"}
+        ),
+        "key": item.key,
+    }
+    for name, path in (("image", item.image), ("mask", item.mask)):
+        if path is not None:
+            st = path.stat()
+            parts[name] = [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+class DecodeCache:
+    """Decoded arrays on disk (``<dir>/<key>.image.npy`` / ``.mask.npy``), read memory-mapped.
+
+    Without a folder it is a pass-through: every access decodes again (the cold path).
+    """
+
+    def __init__(self, spec: DatasetSpec, folder: Path | None) -> None:
+        self.spec = spec
+        self.folder = folder
+        self.loader = ItemLoader(spec)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, item: Item) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image as stored dtype, mask) after crop and resize."""
+        if self.folder is None:
+            return self._decode(item)
+        key = _decode_key(self.spec, item)
+        img_path = self.folder / f"{key}.image.npy"
+        mask_path = self.folder / f"{key}.mask.npy"
+        none_path = self.folder / f"{key}.nomask"
+        if img_path.exists() and (mask_path.exists() or none_path.exists()):
+            image = np.load(img_path, mmap_mode="r")
+            mask = np.load(mask_path, mmap_mode="r") if mask_path.exists() else None
+            return image, mask
+        image, mask = self._decode(item)
+        if mask is None:
+            none_path.touch()
+        else:
+            small = (
+                mask.astype(np.uint8)
+                if mask.max(initial=0) < 256 and mask.min(initial=0) >= 0
+                else mask
+            )
+            _atomic_save(mask_path, small)
+        _atomic_save(img_path, np.ascontiguousarray(image))
+        return image, mask
+
+    def _decode(self, item: Item) -> tuple[np.ndarray, np.ndarray | None]:
+        decoded = self.loader.load(item)
+        return resize_pair(decoded.image, decoded.mask, self.spec.tiling)
+
+
+def prepared_shape(spec: DatasetSpec, item: Item, cache: DecodeCache) -> tuple[int, int]:
+    """(H, W) after crop and resize, from the file header when no content-dependent crop is set."""
+    if spec.crop.auto_info_band or spec.reader.kind in ("afm", "frames") or item.index is not None:
+        image, _ = cache.get(item)
+        return int(image.shape[-2]), int(image.shape[-1])
+    shape = probe_shape(item.image)
+    if spec.reader.kind == "stack":
+        h, w = shape[-2], shape[-1]
+    else:
+        h, w = shape[0], shape[1]
+    crop = spec.crop
+    h, w = h - crop.top - crop.bottom, w - crop.left - crop.right
+    t = spec.tiling
+    factor = t.scale if t.resize == "scale" else (t.fit_size or max(h, w)) / max(h, w)
+    if t.resize == "none" or factor == 1.0:
+        return h, w
+    return max(1, round(h * factor)), max(1, round(w * factor))
+
+
+def plan_tiles(
+    spec: DatasetSpec, splits: dict[str, list[Item]], cache: DecodeCache
+) -> list[TileRef]:
+    """Every (item, window, split) the dataset will serve, in a stable order."""
+    refs: list[TileRef] = []
+    patch, overlap = spec.tiling.patch_size, spec.tiling.overlap
+    for split in sorted(splits):
+        for item in splits[split]:
+            if patch is None:
+                refs.append(TileRef(item, Window(0, 0, -1, -1), split))
+                continue
+            h, w = prepared_shape(spec, item, cache)
+            refs.extend(TileRef(item, win, split) for win in tile_windows(h, w, patch, overlap))
+    return refs
+
+
+class MicrographDataset:
+    """Map-style dataset over tile references; index -> ``Sample``."""
+
+    def __init__(self, spec: DatasetSpec, refs: list[TileRef], cache: DecodeCache) -> None:
+        self.spec = spec
+        self.refs = refs
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> Sample:
+        ref = self.refs[index]
+        image, mask = self.cache.get(ref.item)
+        win = ref.window
+        if win.h < 0:
+            win = Window(0, 0, int(image.shape[-2]), int(image.shape[-1]))
+        tile, tile_mask = cut(
+            np.asarray(image),
+            None if mask is None else np.asarray(mask),
+            win,
+            self.spec.ignore_index,
+        )
+        item = ref.item
+        meta = SampleMeta(
+            key=item.key,
+            source=str(item.image),
+            mask_source=None if item.mask is None else str(item.mask),
+            group=item.group,
+            split=ref.split,
+            modality=str(self.spec.modality),
+            pixel_size_um=self.spec.pixel_size_um,
+            window=(win.y, win.x, win.h, win.w),
+            index=item.index,
+            container=item.container,
+        )
+        out_mask = None if tile_mask is None else tile_mask.astype(np.int64)
+        return Sample(normalise(tile, self.spec.normalise), out_mask, meta)
+
+    def split(self, name: str) -> MicrographDataset:
+        """The subset of one split (same cache)."""
+        return MicrographDataset(self.spec, [r for r in self.refs if r.split == name], self.cache)
+
+
+def collate_samples(samples: list[Sample]) -> dict[str, Any]:
+    """Batch samples for a DataLoader: stacked tensors plus the metadata list."""
+    import torch  # imported here so dataset inspection does not pay torch's import time
+
+    batch: dict[str, Any] = {
+        "image": torch.from_numpy(np.stack([s.image for s in samples])),
+        "meta": [s.meta for s in samples],
+    }
+    if all(s.mask is not None for s in samples):
+        batch["mask"] = torch.from_numpy(np.stack([s.mask for s in samples]))  # type: ignore[misc]
+    return batch

@@ -1,0 +1,213 @@
+"""Image readers: files on disk -> arrays, with one clear error for every way a file can be bad.
+
+One registry maps a file extension to a reader. Every reader returns the array as stored
+(dtype untouched) so masks keep their exact values; ``to_channels_first`` and ``normalise`` turn
+an image into the float32 (C, H, W) array the models take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from matseg.errors import DataError
+
+Reader = Callable[[Path], np.ndarray]
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(str(path), "an image file", "no such file", "check the path in the spec")
+    if path.stat().st_size == 0:
+        raise DataError(str(path), "an image file", "a zero-byte file", "re-export or remove it")
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    """PNG / JPEG / BMP through Pillow; palette images keep their indices (masks often are)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im, dtype=np.uint16)
+            if im.mode == "CMYK":
+                im = im.convert("RGB")
+            if im.mode in ("LA", "PA"):
+                im = im.convert("RGBA")
+            return np.asarray(im)
+    except UnidentifiedImageError:
+        raise DataError(
+            str(path), "a readable image", "bytes no image decoder recognises", "is it truncated?"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(
+            str(path), "a complete image", f"a damaged file ({exc})", "re-export the image"
+        ) from None
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """TIFF (8/16-bit, float, multi-page) through tifffile; pages stack on the first axis."""
+    try:
+        # is_shaped=False: some overlays carry stale 'shaped' metadata that only produces warnings.
+        return np.asarray(tifffile.imread(path, is_shaped=False))
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise DataError(
+            str(path), "a complete TIFF file", f"a damaged file ({exc})", "re-export the image"
+        ) from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """NumPy .npy arrays (AFM channel stacks, float images); pickles are refused."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(
+            str(path), "a plain .npy array", f"an unreadable file ({exc})", "save with np.save"
+        ) from None
+
+
+READERS: dict[str, Reader] = {
+    ".png": _read_pil,
+    ".jpg": _read_pil,
+    ".jpeg": _read_pil,
+    ".bmp": _read_pil,
+    ".tif": _read_tiff,
+    ".tiff": _read_tiff,
+    ".npy": _read_npy,
+}
+AFM_EXTENSIONS = (".spm", ".jpk", ".ibw", ".gwy")
+# Files that often sit beside images and are not images: listed as notes, never as errors.
+SIDECAR_EXTENSIONS = (".txt", ".md", ".json", ".csv", ".xml", ".db", ".ini", ".yaml", ".yml")
+
+
+def is_supported(path: Path) -> bool:
+    """True when a reader is registered for this file's extension."""
+    suffix = path.suffix.lower()
+    return suffix in READERS or suffix in AFM_EXTENSIONS
+
+
+def read_array(path: Path) -> np.ndarray:
+    """Read any supported file as stored: dtype and values untouched."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        known = ", ".join(sorted(READERS))
+        raise DataError(str(path), f"one of {known}", f"'{suffix or 'no extension'}'", "convert it")
+    _check_file(path)
+    return READERS[suffix](path)
+
+
+def probe_shape(path: Path) -> tuple[int, ...]:
+    """The stored array shape without decoding pixels where the format allows it."""
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        _check_file(path)
+        try:
+            with tifffile.TiffFile(path, is_shaped=False) as tif:
+                series = tif.series[0]
+                return tuple(int(s) for s in series.shape)
+        except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
+            raise DataError(
+                str(path), "a TIFF file", f"a damaged file ({exc})", "re-export"
+            ) from None
+    if suffix in (".png", ".jpg", ".jpeg", ".bmp"):
+        _check_file(path)
+        try:
+            with Image.open(path) as im:
+                bands = len(im.getbands())
+                w, h = im.size
+                return (h, w) if bands == 1 or im.mode == "P" else (h, w, bands)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(str(path), "a readable image", f"({exc})", "is it truncated?") from None
+    return read_array(path).shape
+
+
+def to_channels_first(array: np.ndarray, where: str, stack: bool = False) -> np.ndarray:
+    """(H, W), (H, W, C) or, for stacks, (C, H, W) -> (C, H, W); RGBA loses its alpha.
+
+    Alpha in a micrograph is an export artefact (constant), never signal, so it is dropped.
+    """
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3:
+        if stack:
+            return array
+        if array.shape[-1] in (3, 4):
+            return np.moveaxis(array[..., :3], -1, 0)
+        if array.shape[-1] == 2:  # grey + alpha
+            return array[None, ..., 0]
+        if array.shape[0] <= 16:  # channels-first already (multi-page TIFF, .npy stacks)
+            return array
+    raise DataError(
+        where,
+        "a 2D image, (H, W, 3|4) colour or (C, H, W) stack",
+        f"an array of shape {array.shape}",
+        "set reader.kind to 'volume' for 3D data",
+    )
+
+
+def check_finite(array: np.ndarray, where: str) -> None:
+    """NaN or inf in a float image would poison every statistic downstream: refuse them."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise DataError(where, "finite pixel values", f"{bad} NaN/inf pixels", "fill or mask them")
+
+
+def normalise(image: np.ndarray, policy: str) -> np.ndarray:
+    """Raw (C, H, W) image -> float32, per channel, by the named policy.
+
+    - ``dtype``: integers divided by their type's maximum (8- and 16-bit images share a scale).
+    - ``minmax`` / ``percentile``: each channel stretched to [0, 1] (percentile: 0.5-99.5%).
+    - ``zscore``: each channel to zero mean, unit variance (AFM height / phase / amplitude).
+    - ``auto``: ``dtype`` for integer images, ``zscore`` for float images (physical units).
+    """
+    if policy == "auto":
+        policy = "zscore" if np.issubdtype(image.dtype, np.floating) else "dtype"
+    data = image.astype(np.float32, copy=False)
+    if policy == "dtype":
+        if np.issubdtype(image.dtype, np.integer):
+            return data / np.float32(np.iinfo(image.dtype).max)
+        if image.dtype == np.bool_:
+            return data
+        policy = "minmax"
+    flat = data.reshape(data.shape[0], -1)
+    if policy == "zscore":
+        mean = flat.mean(axis=1)[:, None, None]
+        std = flat.std(axis=1)[:, None, None]
+        return (data - mean) / np.maximum(std, np.float32(1e-8))
+    if policy == "percentile":
+        lo, hi = np.percentile(flat, [0.5, 99.5], axis=1)
+    else:
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+    lo = lo.astype(np.float32)[:, None, None]
+    hi = hi.astype(np.float32)[:, None, None]
+    return np.clip((data - lo) / np.maximum(hi - lo, np.float32(1e-8)), 0.0, 1.0)
+
+
+def detect_info_band(image: np.ndarray, max_fraction: float = 0.25) -> int:
+    """Rows of an SEM data bar at the bottom (flat background with text), 0 when there is none.
+
+    Written here because no library detects it: the bar is a run of bottom rows whose median is
+    pinned at the extreme grey levels (black or white band) while the micrograph above is not.
+    Detection walks up from the bottom while rows stay in the band, and is reported per image.
+    """
+    grey = image.astype(np.float32)
+    if grey.ndim == 3:
+        grey = grey.mean(axis=0)
+    top = float(grey.max()) or 1.0
+    rows = np.median(grey / top, axis=1)
+    h = grey.shape[0]
+    limit = int(h * max_fraction)
+    band = 0
+    for value in rows[::-1][:limit]:
+        if value <= 0.02 or value >= 0.98:
+            band += 1
+        else:
+            break
+    # A band must be a real bar (several rows) and the image above must not be flat too.
+    if band < 8 or np.all((rows[: h - band] <= 0.02) | (rows[: h - band] >= 0.98)):
+        return 0
+    return band

@@ -1,0 +1,35 @@
+"""Errors written for people: one line naming where, what was expected, what was found, a hint."""
+
+from __future__ import annotations
+
+
+class MatsegError(Exception):
+    """Base of every error matseg raises on purpose; the CLI prints it as one line, no traceback."""
+
+    def __init__(self, where: str, expected: str, found: str, hint: str = "") -> None:
+        self.where = where
+        self.expected = expected
+        self.found = found
+        self.hint = hint
+        super().__init__(self.line())
+
+    def detail(self) -> str:
+        """The message without its location: ``expected X, found Y; hint``."""
+        text = f"expected {self.expected}, found {self.found}"
+        return f"{text}; {self.hint}" if self.hint else text
+
+    def line(self) -> str:
+        """The one-line message: ``where: expected X, found Y; hint``."""
+        return f"{self.where}: {self.detail()}"
+
+
+class DataError(MatsegError):
+    """A data file (image, mask, annotation, manifest) cannot be used as it is."""
+
+
+class SpecError(MatsegError):
+    """A field of a dataset spec (or other JSON the user wrote) is wrong."""
+
+
+class DownloadError(MatsegError):
+    """A catalog download failed or a downloaded file does not match its checksum."""

@@ -263,8 +263,8 @@ def demo(
     ] = "pores",
     seed: Annotated[int, typer.Option(help="Seed for the generator and the split.")] = 0,
     n_images: Annotated[
-        int, typer.Option(help="Micrographs to generate (each cut into 4 tiles).")
-    ] = 12,
+        int, typer.Option(help="Tiles to generate (each micrograph is cut into 4).")
+    ] = 48,
 ) -> None:
     """Generate synthetic micrographs offline, check them, print fingerprint and splits."""
     from matseg.datasets.check import inspect_dataset, report
@@ -274,10 +274,7 @@ def demo(
 
     with _friendly_errors():
         folder = out_dir or Path(tempfile.mkdtemp(prefix="matseg-demo-"))
-        spec_path = (
-            write_synthetic_dataset(folder, kind=kind, n_images=n_images, seed=seed)
-            / "dataset.json"
-        )
+        spec_path = write_synthetic_dataset(folder, kind=kind, n_images=n_images, seed=seed)
         out.print(f"generated [bold]{kind}[/] micrographs in {folder}", highlight=False)
         spec = load_spec(spec_path)
         with _progress(f"reading {spec.name}") as progress:

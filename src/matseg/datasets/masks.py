@@ -165,9 +165,7 @@ def decode_index(enc: IndexEncoding, inp: MaskInput, ignore_index: int) -> np.nd
     """Pixels are class ids, or go through the spec's value -> class table."""
     grey = _grey(_need_raw(inp), inp.where)
     if np.issubdtype(grey.dtype, np.floating) and not np.all(np.mod(grey, 1) == 0):
-        raise DataError(
-            inp.where, "integer class ids", "fractional mask values", "use 'threshold'"
-        )
+        raise DataError(inp.where, "integer class ids", "fractional mask values", "use 'threshold'")
     out = grey.astype(np.int64)
     if enc.values is not None:
         table = np.full(out.shape, -1, dtype=np.int64)

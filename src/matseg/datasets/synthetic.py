@@ -634,6 +634,126 @@ def _check_count(name: str, value: Any, lo: int) -> None:
         raise SpecError(f"{_WHERE}.write_synthetic_dataset: {name}", f"an int >= {lo}", repr(value))
 
 
+def _tile_stems(kind: str, n_images: int) -> list[str]:
+    """The first ``n_images`` tile stems ``<kind>_m<NNN>_tile<r><c>``, micrograph by micrograph."""
+    n_micrographs = -(-n_images // (TILE_GRID * TILE_GRID))
+    return [
+        f"{kind}_m{m:03d}_tile{r}{c}"
+        for m in range(n_micrographs)
+        for r in range(TILE_GRID)
+        for c in range(TILE_GRID)
+    ][:n_images]
+
+
+def _refuse_foreign_tiles(out_dir: Path, stems: list[str]) -> None:
+    """Refuse a folder holding PNGs this call would not write: stale tiles would join the data."""
+    wanted = set(stems)
+    foreign = sorted(
+        p.name
+        for folder in (out_dir / "images", out_dir / "masks")
+        if folder.is_dir()
+        for p in folder.glob("*.png")
+        if p.stem not in wanted
+    )
+    if foreign:
+        raise SpecError(
+            str(out_dir),
+            "an empty folder or one written by the same call",
+            f"{len(foreign)} other PNG files (e.g. {foreign[0]})",
+            "choose a new out_dir so old tiles do not mix into the dataset",
+        )
+
+
+def _write_micrograph(
+    out_dir: Path,
+    kind: str,
+    index: int,
+    stems: set[str],
+    size: int,
+    seed: int,
+    conditions: ImagingConditions,
+    knobs: Mapping[str, Any],
+) -> None:
+    """Generate micrograph ``index`` at ``TILE_GRID * size``, image it, write its wanted tiles."""
+    clean, mask = STRUCTURES[kind](
+        TILE_GRID * size, np.random.SeedSequence([seed, 0, index, 0]), **knobs
+    )
+    image = _to_uint8(
+        simulate_imaging(clean, conditions, np.random.SeedSequence([seed, 0, index, 1]))
+    )
+    mask8 = mask.astype(np.uint8)
+    for r in range(TILE_GRID):
+        for c in range(TILE_GRID):
+            stem = f"{kind}_m{index:03d}_tile{r}{c}"
+            if stem in stems:
+                cut = (slice(r * size, (r + 1) * size), slice(c * size, (c + 1) * size))
+                _write_atomic(out_dir / "images" / f"{stem}.png", _png_bytes(image[cut]))
+                _write_atomic(out_dir / "masks" / f"{stem}.png", _png_bytes(mask8[cut]))
+
+
+def _write_volume(
+    out_dir: Path,
+    kind: str,
+    index: int,
+    size: int,
+    seed: int,
+    conditions: ImagingConditions,
+    knobs: Mapping[str, Any],
+) -> None:
+    """Generate, image and write volume ``index`` and its labels as uint8 TIFF (z, y, x)."""
+    volume, labels = STRUCTURES[kind](
+        (size,) * 3, np.random.SeedSequence([seed, 1, index, 0]), **knobs
+    )
+    imaged = simulate_imaging(volume, conditions, np.random.SeedSequence([seed, 1, index, 1]))
+    _write_atomic(out_dir / "volumes" / f"vol{index}.tif", _tiff_bytes(_to_uint8(imaged)))
+    _write_atomic(
+        out_dir / "volume_labels" / f"vol{index}.tif", _tiff_bytes(labels.astype(np.uint8))
+    )
+
+
+def _dataset_spec(
+    kind: str,
+    seed: int,
+    conditions: ImagingConditions,
+    knobs: Mapping[str, Any],
+    n_images: int,
+    size: int,
+    n_volumes: int,
+    volume_size: int,
+) -> dict[str, Any]:
+    """The dataset.json mapping (the shape ``matseg.datasets.spec`` reads) plus provenance."""
+    metadata: dict[str, Any] = {
+        "generator": _WHERE,
+        "kind": kind,
+        "seed": int(seed),
+        "conditions": conditions.to_dict(),
+        "knobs": dict(knobs),
+        "n_images": int(n_images),
+        "tile_size": int(size),
+        "micrograph_size": TILE_GRID * int(size),
+        "naming": "<kind>_m<micrograph>_tile<row><col>.png; group = stem before _tile",
+    }
+    if n_volumes:
+        metadata["volumes"] = {
+            "n": int(n_volumes),
+            "size": int(volume_size),
+            "images": "volumes",
+            "labels": "volume_labels",
+        }
+    return {
+        "name": f"synthetic-{kind}",
+        "root": ".",
+        "images": "images",
+        "masks": "masks",
+        "encoding": {"type": "index"},
+        "classes": list(CLASSES[kind]),
+        "modality": "SEM",
+        "material": f"synthetic {kind}",
+        "metadata": metadata,
+        "split": {"method": "random", "seed": int(seed), "group_pattern": GROUP_PATTERN},
+    }
+
+
 def write_synthetic_dataset(
     out_dir: Path,
     kind: str = "pores",
@@ -653,102 +773,30 @@ def write_synthetic_dataset(
     share a stem prefix, matched by ``GROUP_PATTERN`` ``^(.*)_tile\\d+$``, so a group-aware split
     never puts one micrograph on both sides. With ``n_volumes`` > 0 it also writes
     ``volumes/vol<i>.tif`` and ``volume_labels/vol<i>.tif`` (uint8, z, y, x). Micrograph ``i``
-    draws from ``SeedSequence([seed, 0, i])``, so the same arguments give byte-identical files.
+    draws from ``SeedSequence([seed, 0, i, ...])``, so the same arguments give byte-identical
+    files and adding images leaves the earlier ones unchanged. ``knobs`` go to the generator.
     """
     out_dir = Path(out_dir)
-    fn = _structure(kind, knobs or {})
+    knob_values = dict(knobs or {})
+    _structure(kind, knob_values)
     _check_count("n_images", n_images, 1)
     _check_count("size", size, 2 * MIN_SIZE)
     _check_count("seed", seed, 0)
     _check_count("n_volumes", n_volumes, 0)
     _check_count("volume_size", volume_size, MIN_SIZE)
-    cond = (
-        conditions
-        if isinstance(conditions, ImagingConditions)
-        else ImagingConditions.from_dict(conditions or {})
-    )
-    knob_values = dict(knobs or {})
-    per_micrograph = TILE_GRID * TILE_GRID
-    n_micrographs = -(-n_images // per_micrograph)
-    stems = [
-        f"{kind}_m{m:03d}_tile{r}{c}"
-        for m in range(n_micrographs)
-        for r in range(TILE_GRID)
-        for c in range(TILE_GRID)
-    ][:n_images]
-    images_dir, masks_dir = out_dir / "images", out_dir / "masks"
-    stale = sorted(
-        p.name
-        for folder in (images_dir, masks_dir)
-        if folder.is_dir()
-        for p in folder.glob("*.png")
-        if p.stem not in set(stems)
-    )
-    if stale:
-        raise SpecError(
-            f"{out_dir}",
-            "an empty folder or one written by the same call",
-            f"{len(stale)} other PNG files (e.g. {stale[0]})",
-            "choose a new out_dir so old tiles do not mix into the dataset",
-        )
-    images_dir.mkdir(parents=True, exist_ok=True)
-    masks_dir.mkdir(parents=True, exist_ok=True)
-
-    for m in range(n_micrographs):
-        structure_seed = np.random.SeedSequence([seed, 0, m, 0])
-        imaging_seed = np.random.SeedSequence([seed, 0, m, 1])
-        clean, mask = fn(TILE_GRID * size, structure_seed, **knob_values)
-        image = _to_uint8(simulate_imaging(clean, cond, imaging_seed))
-        mask8 = mask.astype(np.uint8)
-        for r in range(TILE_GRID):
-            for c in range(TILE_GRID):
-                stem = f"{kind}_m{m:03d}_tile{r}{c}"
-                if stem not in stems:
-                    continue
-                cut = (slice(r * size, (r + 1) * size), slice(c * size, (c + 1) * size))
-                _write_atomic(images_dir / f"{stem}.png", _png_bytes(image[cut]))
-                _write_atomic(masks_dir / f"{stem}.png", _png_bytes(mask8[cut]))
-
-    if n_volumes:
-        (out_dir / "volumes").mkdir(exist_ok=True)
-        (out_dir / "volume_labels").mkdir(exist_ok=True)
+    if not isinstance(conditions, ImagingConditions):
+        conditions = ImagingConditions.from_dict(conditions or {})
+    stems = _tile_stems(kind, n_images)
+    _refuse_foreign_tiles(out_dir, stems)
+    for folder in ("images", "masks") + (("volumes", "volume_labels") if n_volumes else ()):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    for m in range(-(-n_images // (TILE_GRID * TILE_GRID))):
+        _write_micrograph(out_dir, kind, m, set(stems), size, seed, conditions, knob_values)
     for v in range(n_volumes):
-        vol, labels = fn((volume_size,) * 3, np.random.SeedSequence([seed, 1, v, 0]), **knob_values)
-        imaged = simulate_imaging(vol, cond, np.random.SeedSequence([seed, 1, v, 1]))
-        _write_atomic(out_dir / "volumes" / f"vol{v}.tif", _tiff_bytes(_to_uint8(imaged)))
-        _write_atomic(
-            out_dir / "volume_labels" / f"vol{v}.tif", _tiff_bytes(labels.astype(np.uint8))
-        )
-
-    spec = {
-        "name": f"synthetic-{kind}",
-        "root": ".",
-        "images": "images",
-        "masks": "masks",
-        "encoding": {"type": "index"},
-        "classes": list(CLASSES[kind]),
-        "modality": "SEM",
-        "material": f"synthetic {kind}",
-        "metadata": {
-            "generator": _WHERE,
-            "kind": kind,
-            "seed": int(seed),
-            "conditions": cond.to_dict(),
-            "knobs": knob_values,
-            "n_images": n_images,
-            "tile_size": size,
-            "micrograph_size": TILE_GRID * size,
-            "naming": "<kind>_m<micrograph>_tile<row><col>.png; group = stem before _tile",
-        },
-        "split": {"method": "random", "seed": int(seed), "group_pattern": GROUP_PATTERN},
-    }
-    if n_volumes:
-        spec["metadata"]["volumes"] = {
-            "n": n_volumes,
-            "size": volume_size,
-            "images": "volumes",
-            "labels": "volume_labels",
-        }
+        _write_volume(out_dir, kind, v, volume_size, seed, conditions, knob_values)
+    spec = _dataset_spec(
+        kind, seed, conditions, knob_values, n_images, size, n_volumes, volume_size
+    )
     spec_path = out_dir / "dataset.json"
     text = json.dumps(spec, indent=2, default=_json_default) + "\n"
     _write_atomic(spec_path, text.encode("utf-8"))

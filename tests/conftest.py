@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import tifffile
+from PIL import Image
+
+from matseg.datasets.spec import DatasetSpec, spec_from_dict
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +27,85 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (set MATSEG_SHARED_DATA to its location)")
     return path
+
+
+class DataMaker:
+    """Builds a tiny image/mask dataset under ``root`` (images/ + masks/), file by file.
+
+    Images are seeded noise (distinct per stem, so no duplicate warnings), masks are class-id
+    arrays; any file can be replaced by raw bytes to make it damaged.
+    """
+
+    size = (32, 32)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.images = root / "images"
+        self.masks = root / "masks"
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.masks.mkdir(parents=True, exist_ok=True)
+        self._seed = 0
+
+    def noise(self, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        self._seed += 1
+        rng = np.random.default_rng(self._seed)
+        return rng.integers(0, 256, shape or self.size, dtype=np.uint8)
+
+    def two_class_mask(self, shape: tuple[int, int] | None = None) -> np.ndarray:
+        h, w = shape or self.size
+        mask = np.zeros((h, w), dtype=np.uint8)
+        mask[: h // 2] = 1
+        return mask
+
+    @staticmethod
+    def write(path: Path, array: np.ndarray) -> Path:
+        """PNG through Pillow, TIFF through tifffile, chosen by the suffix."""
+        if path.suffix.lower() in (".tif", ".tiff"):
+            tifffile.imwrite(path, array)
+        else:
+            Image.fromarray(array).save(path)
+        return path
+
+    @staticmethod
+    def encoded(array: np.ndarray, ext: str, compression: str | None = None) -> bytes:
+        """The bytes of ``array`` saved as PNG or TIFF (to be cut for truncation tests)."""
+        buf = io.BytesIO()
+        if ext in (".tif", ".tiff"):
+            tifffile.imwrite(buf, array, compression=compression)
+        else:
+            Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def image(self, name: str, array: np.ndarray | None = None) -> Path:
+        return self.write(self.images / name, self.noise() if array is None else array)
+
+    def mask(self, name: str, array: np.ndarray | None = None) -> Path:
+        return self.write(self.masks / name, self.two_class_mask() if array is None else array)
+
+    def pair(self, stem: str, ext: str = ".png") -> tuple[Path, Path]:
+        return self.image(stem + ext), self.mask(stem + ext)
+
+    def good(self, n: int = 4) -> list[str]:
+        """``n`` valid pairs named good0.. (enough groups for a 3-way split)."""
+        stems = [f"good{i}" for i in range(n)]
+        for stem in stems:
+            self.pair(stem)
+        return stems
+
+    def spec_dict(self, **fields: Any) -> dict[str, Any]:
+        return {"name": "tiny", "classes": ["background", "foreground"], **fields}
+
+    def spec(self, **fields: Any) -> DatasetSpec:
+        """A validated spec whose relative paths resolve against ``root``."""
+        return spec_from_dict(self.spec_dict(**fields), base_dir=self.root)
+
+    def spec_file(self, **fields: Any) -> Path:
+        path = self.root / "dataset.json"
+        path.write_text(json.dumps(self.spec_dict(**fields)), encoding="utf-8")
+        return path
+
+
+@pytest.fixture
+def data_maker(tmp_path: Path) -> DataMaker:
+    """A :class:`DataMaker` rooted at ``tmp_path / 'ds'``."""
+    return DataMaker(tmp_path / "ds")

@@ -125,7 +125,8 @@ def test_catalog_entries_are_complete() -> None:
     assert {e.name for e in entries} == NAMES
     for entry in entries:
         assert entry.licence and entry.source.repository and entry.description
-        assert entry.example_spec == f"examples/{entry.name}.json"
+        assert entry.example_spec.startswith("examples/")
+        assert (Path(__file__).resolve().parents[1] / entry.example_spec).is_file()
         assert entry.modality in {"SEM", "Optical", "XCT"}
         paths = [f.path for f in entry.files]
         assert len(paths) == len(set(paths))

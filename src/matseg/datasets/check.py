@@ -169,7 +169,13 @@ def inspect_dataset(
             progress(n + 1, len(found.items))
     result.problems.extend(_class_problems(spec, result.stats))
     if not good:
-        result.problems.append(Problem("error", spec.name, "no usable image/mask pairs found"))
+        result.problems.append(
+            Problem(
+                "error",
+                str(spec.resolve(spec.images)),
+                "no usable image/mask pairs found; check 'root', 'images' and 'masks' in the spec",
+            )
+        )
         return result
     result.split = assign_splits(good, spec)
     result.problems.extend(result.split.problems)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,18 +86,32 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 class DecodeCache:
     """Decoded arrays on disk (``<dir>/<key>.image.npy`` / ``.mask.npy``), read memory-mapped.
 
-    Without a folder it is a pass-through: every access decodes again (the cold path).
+    Without a folder nothing is kept on disk (the cold path); either way the last ``recent``
+    decoded items stay in memory, so the tiles of one large micrograph decode it once.
     """
 
-    def __init__(self, spec: DatasetSpec, folder: Path | None) -> None:
+    def __init__(self, spec: DatasetSpec, folder: Path | None, recent: int = 2) -> None:
         self.spec = spec
         self.folder = folder
         self.loader = ItemLoader(spec)
+        self._recent: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._recent_size = recent
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
     def get(self, item: Item) -> tuple[np.ndarray, np.ndarray | None]:
         """(image as stored dtype, mask) after crop and resize."""
+        if item.key in self._recent:
+            self._recent.move_to_end(item.key)
+            return self._recent[item.key]
+        arrays = self._load(item)
+        if self._recent_size > 0:
+            self._recent[item.key] = arrays
+            while len(self._recent) > self._recent_size:
+                self._recent.popitem(last=False)
+        return arrays
+
+    def _load(self, item: Item) -> tuple[np.ndarray, np.ndarray | None]:
         if self.folder is None:
             return self._decode(item)
         key = _decode_key(self.spec, item)

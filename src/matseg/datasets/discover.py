@@ -167,7 +167,8 @@ def _expand(path: Path, mask: Path | None, spec: DatasetSpec, folder: str) -> li
             Item(f, None, f"{path.name}#f{i:04d}", path.name, i, path.name, folder)
             for i, f in enumerate(frames[:: spec.reader.slice_step])
         ]
-    return [Item(path, mask, path.stem, group, None, None, folder)]
+    key = f"{folder}/{path.stem}" if folder else path.stem  # unique across sub-folders
+    return [Item(path, mask, key, group, None, None, folder)]
 
 
 def discover(spec: DatasetSpec) -> Discovery:

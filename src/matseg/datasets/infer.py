@@ -58,7 +58,14 @@ def infer_encoding(mask_paths: list[Path], n_sample: int = 24) -> Inference:
     sample = _sample(mask_paths, n_sample)
     if not sample:
         return Inference(None, None, "no mask files to infer an encoding from")
-    raws = [read_array(p) for p in sample]
+    raws = []
+    for path in sample:
+        try:
+            raws.append(read_array(path))
+        except DataError:
+            continue  # the loader reports every unreadable mask; infer from the readable ones
+    if not raws:
+        return Inference(None, None, "none of the sampled masks could be read")
     where = f"{len(sample)} of {len(mask_paths)} masks"
     if not all(_is_grey(r) for r in raws):
         colours: dict[tuple[int, int, int], int] = {}

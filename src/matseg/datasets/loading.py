@@ -114,6 +114,7 @@ class ItemLoader:
         else:
             raw = read_array(item.mask)
             where = str(item.mask)
+        check_finite(raw, where)
         return decode_mask(self.encoding, MaskInput(where, raw=raw), self.spec.ignore_index)
 
     def load(self, item: Item) -> Decoded:

@@ -52,11 +52,17 @@ def _read_tiff(path: Path) -> np.ndarray:
     """TIFF (8/16-bit, float, multi-page) through tifffile; pages stack on the first axis."""
     try:
         # is_shaped=False: some overlays carry stale 'shaped' metadata that only produces warnings.
-        return np.asarray(tifffile.imread(path, is_shaped=False))
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
+        array = np.asarray(tifffile.imread(path, is_shaped=False))
+    # RuntimeError: imagecodecs raises it (e.g. DeflateError) for truncated compressed strips.
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, RuntimeError) as exc:
         raise DataError(
             str(path), "a complete TIFF file", f"a damaged file ({exc})", "re-export the image"
         ) from None
+    if array.size == 0:
+        raise DataError(
+            str(path), "a TIFF with image data", "no readable pages", "is it truncated?"
+        )
+    return array
 
 
 def _read_npy(path: Path) -> np.ndarray:

@@ -285,13 +285,15 @@ def spec_from_dict(
         spec = DatasetSpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        found = repr(err.get("input"))
+        found = "nothing" if err["type"] == "missing" else repr(err.get("input"))
         if len(found) > 80:
             found = found[:77] + "..."
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise SpecError(
             f"{where}: field '{_field_path(err['loc'])}'",
-            err["msg"].removeprefix("Value error, "),
+            "a value (required)"
+            if err["type"] == "missing"
+            else err["msg"].removeprefix("Value error, "),
             found + more,
             "see examples/*.json or docs/dataset-spec.md",
         ) from None

@@ -121,9 +121,9 @@ def test_folder_split(tmp_path: Path) -> None:
     spec = spec_from_dict({"name": "f", "split": {"method": "folders"}}, base_dir=tmp_path)
     result = assign_splits(discover(spec).items, spec)
     assert {k: [i.key for i in v] for k, v in result.splits.items()} == {
-        "train": ["a"],
-        "val": ["b"],
-        "test": ["c"],
+        "train": ["train/a"],
+        "val": ["validation/b"],
+        "test": ["test/c"],
     }
 
 

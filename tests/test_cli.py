@@ -208,3 +208,16 @@ def test_check_truncated_compressed_tiff_no_traceback(run: Invoke, data_maker: D
     _no_traceback(result)
     assert result.exit_code == 1
     assert "z.tif" in result.stdout
+
+
+def test_committed_spec_schema_is_current() -> None:
+    import json
+    from pathlib import Path
+
+    from matseg.datasets.spec import spec_json_schema
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "dataset-spec.schema.json"
+    assert json.loads(committed.read_text()) == spec_json_schema(), "run: matseg datasets schema"
+    result = CliRunner().invoke(app, ["datasets", "schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["title"] == "DatasetSpec"

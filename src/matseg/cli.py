@@ -163,6 +163,14 @@ def datasets_check(
     raise typer.Exit(0 if rep.usable else 1)
 
 
+@datasets_app.command("schema")
+def datasets_schema() -> None:
+    """Print the JSON Schema of a dataset spec (for editors and validators)."""
+    from matseg.datasets.spec import spec_json_schema
+
+    sys.stdout.write(json.dumps(spec_json_schema(), indent=2) + "\n")
+
+
 @datasets_app.command("list")
 def datasets_list() -> None:
     """The public materials datasets matseg knows, with modality, licence and size."""

@@ -315,3 +315,8 @@ def load_spec(path: Path | str) -> DatasetSpec:
     if not isinstance(data, dict):
         raise SpecError(str(path), "a JSON object", type(data).__name__, "a spec is {...}")
     return spec_from_dict(data, where=str(path), base_dir=path.resolve().parent)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a dataset spec (committed as docs/dataset-spec.schema.json)."""
+    return DatasetSpec.model_json_schema()

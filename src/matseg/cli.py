@@ -102,9 +102,13 @@ def _print_report(rep: Any) -> None:
     table.add_row("channels", ", ".join(f"{k} x{v}" for k, v in rep.channels.items()))
     table.add_row(
         "splits",
-        ", ".join(f"{k} {v['items']} ({v['groups']} groups)" for k, v in rep.splits.items()),
+        ", ".join(
+            f"{k} {v['items']} ({v['groups']} groups, {v['tiles']} tiles)"
+            for k, v in rep.splits.items()
+        ),
     )
     table.add_row("leaks", str(len(rep.leaks)))
+    table.add_row("tiling", rep.tiling)
     out.print(table)
     if rep.classes:
         classes = Table(title="classes", title_justify="left")

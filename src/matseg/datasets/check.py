@@ -29,6 +29,7 @@ from matseg.datasets.splits import (
     find_leaks,
     perceptual_hash,
 )
+from matseg.datasets.tiling import tile_windows
 from matseg.errors import MatsegError
 
 
@@ -80,6 +81,7 @@ class DatasetReport(BaseModel):
     class_frequencies: dict[str, float]
     single_class_masks: int
     splits: dict[str, dict[str, int]]
+    tiling: str
     leaks: list[dict[str, Any]]
     problems: list[ProblemOut]
     usable: bool
@@ -244,6 +246,31 @@ def class_names(spec: DatasetSpec, stats: dict[str, ItemStats]) -> list[str]:
     return [f"class_{i}" for i in range(max(ids) + 1)] if ids else []
 
 
+def _tiling_words(spec: DatasetSpec) -> str:
+    t = spec.tiling
+    patch = f"patches {t.patch_size} px, overlap {t.overlap}" if t.patch_size else "whole images"
+    resize = {
+        "none": "no resize",
+        "fit": f"resize to fit {t.fit_size} px",
+        "scale": f"scale x{t.scale:g}",
+    }
+    return f"{patch}; {resize[t.resize]}"
+
+
+def _split_summary(ins: Inspection) -> dict[str, dict[str, int]]:
+    """Items, groups and training tiles (after the resize policy) per split."""
+    t = ins.spec.tiling
+    summary = ins.split.summary()
+    for name, items in ins.split.splits.items():
+        sizes = [
+            (ins.stats[i.key].height, ins.stats[i.key].width) for i in items if i.key in ins.stats
+        ]
+        summary[name]["tiles"] = sum(
+            len(tile_windows(h, w, t.patch_size, t.overlap)) for h, w in sizes
+        )
+    return summary
+
+
 def report(ins: Inspection) -> DatasetReport:
     """The printable summary of an inspection."""
     spec, stats = ins.spec, ins.stats
@@ -282,7 +309,8 @@ def report(ins: Inspection) -> DatasetReport:
             for s in stats.values()
             if s.class_counts and len(set(s.class_counts) - {spec.ignore_index}) == 1
         ),
-        splits=ins.split.summary(),
+        splits=_split_summary(ins),
+        tiling=_tiling_words(spec),
         leaks=[vars(leak) for leak in ins.leaks],
         problems=[
             ProblemOut(level=p.level, where=p.where, message=p.message) for p in ins.problems

@@ -13,20 +13,14 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from matseg.cli import app
+from matseg.datasets.catalog import load_catalog
 
 if TYPE_CHECKING:
     from conftest import DataMaker
 
 Invoke = Callable[..., Result]
 
-CATALOG = [
-    "nasa_super",
-    "nrcan_shale_sem",
-    "tbm_grain_256",
-    "nasa_meltpool",
-    "ampis_powder_sem",
-    "xct_qim3d_unlabeled",
-]
+CATALOG = [entry.name for entry in load_catalog()]  # test_catalog checks the six names
 
 
 @pytest.fixture

@@ -149,7 +149,7 @@ def test_nasa_super_manifest_split(example: Callable[[str], Inspected]) -> None:
     assert shift == non_spot
     assert len(non_spot) == 5
     assert ins.split.unassigned == []
-    assert rep.splits["different_test"] == {"items": 5, "groups": 5}
+    assert rep.splits["different_test"] == {"items": 5, "groups": 5, "tiles": 5}
 
 
 # --- nrcan, tbm, meltpool -----------------------------------------------------------------------

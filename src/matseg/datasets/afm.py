@@ -44,6 +44,9 @@ INSTALL_HINT = 'pip install "matseg[afm]"'
 # Length units -> nanometres per unit (Gwyddion stores base SI units, "m", but allow prefixes).
 _NM_PER_UNIT = {"m": 1e9, "mm": 1e6, "um": 1e3, "µm": 1e3, "nm": 1.0, "pm": 1e-3}
 
+# The line that closes a Bruker Nanoscope header.
+_SPM_HEADER_END = b"\\*File list end"
+
 # JPK TIFF tags (JPKImageSpec; the same codes as AFMReader's default_config.yaml).
 _JPK_CHANNEL_NAME_TAG = 32848
 _JPK_TRACE_RETRACE_TAG = 32849
@@ -105,11 +108,30 @@ def _afmreader_loader(
     return load
 
 
+def _has_bytes(path: Path, marker: bytes, chunk: int = 1 << 20) -> bool:
+    """Whether ``marker`` occurs in the file, read in chunks (headers can be large)."""
+    tail = b""
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            if marker in tail + block:
+                return True
+            tail = block[-(len(marker) - 1) :]
+    return False
+
+
 def _open_spm(path: Path) -> _OpenedFile:
     """Bruker .spm: channel names from pySPM's layer headers, pixels via AFMReader.load_spm."""
     import pySPM
     from AFMReader import spm
 
+    # pySPM reads header lines until "\*File list end" and loops forever when it is absent.
+    if not _has_bytes(path, _SPM_HEADER_END):
+        raise DataError(
+            str(path),
+            "a Bruker Nanoscope .spm file (text header ending in '\\*File list end')",
+            "no such header line",
+            "is it from another vendor or truncated? export it from NanoScope Analysis",
+        )
     with _quiet_afmreader():
         scan = pySPM.Bruker(path)
     names = [
@@ -262,9 +284,12 @@ def _select(path: Path, names: list[str], channels: list[str] | None) -> list[st
     for name in requested:
         if name not in names:
             close = [n for n in names if n.lower() == str(name).lower()]
-            hint = f"did you mean {close[0]!r}?" if close else "names are case-sensitive"
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise DataError(
-                str(path), f"a channel among {listed}", f"{name!r}", f"{hint} (channels=...)"
+                str(path),
+                f"a channel among {listed}",
+                f"{name!r}",
+                f"{hint}pass names exactly as listed (case-sensitive) in channels=[...]",
             )
     duplicated = sorted({n for n in requested if requested.count(n) > 1})
     if duplicated:

@@ -14,6 +14,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from matseg.datasets.afm import AFM_EXTENSIONS
 from matseg.errors import DataError
 
 Reader = Callable[[Path], np.ndarray]
@@ -84,7 +85,6 @@ READERS: dict[str, Reader] = {
     ".tiff": _read_tiff,
     ".npy": _read_npy,
 }
-AFM_EXTENSIONS = (".spm", ".jpk", ".ibw", ".gwy")
 # Files that often sit beside images and are not images: listed as notes, never as errors.
 SIDECAR_EXTENSIONS = (".txt", ".md", ".json", ".csv", ".xml", ".db", ".ini", ".yaml", ".yml")
 

@@ -85,3 +85,44 @@ def test_tiles_cache_and_collate(tmp_path: Path) -> None:
     batch = collate_samples([cached[i] for i in range(4)])
     assert tuple(batch["image"].shape) == (4, 1, 64, 64)
     assert str(batch["mask"].dtype) == "torch.int64"
+
+
+def test_labelled_volumes_slice_with_their_labels(tmp_path: Path) -> None:
+    """XCT-style volumes with label volumes: slices along y pair with the same label slice."""
+    import tifffile
+
+    from matseg.datasets.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(
+        tmp_path, kind="pores", n_images=4, size=32, n_volumes=2, volume_size=24
+    )
+    spec = spec_from_dict(
+        {
+            "name": "vols",
+            "images": "volumes",
+            "masks": "volume_labels",
+            "encoding": {"type": "index"},
+            "classes": ["solid", "pore"],
+            "modality": "XCT",
+            "reader": {"kind": "volume", "axis": 1, "slice_step": 2},
+        },
+        base_dir=tmp_path,
+    )
+    ins = inspect_dataset(spec)
+    assert report(ins).usable and len(ins.stats) == 2 * 12
+    data = ins.dataset(DecodeCache(spec, None))
+    labels = {p.stem: tifffile.imread(p) for p in (tmp_path / "volume_labels").glob("*.tif")}
+    for i in range(len(data)):
+        sample = data[i]
+        assert sample.meta.container in labels and sample.meta.index is not None
+        expected = labels[sample.meta.container][:, sample.meta.index, :]
+        np.testing.assert_array_equal(sample.mask, expected)
+
+
+def test_atomic_writes_leave_no_temporary_files(tmp_path: Path) -> None:
+    from matseg.atomic import write_json, write_npy
+
+    write_json(tmp_path / "a" / "x.json", {"k": [1, 2]})
+    write_npy(tmp_path / "a" / "y.npy", np.arange(6).reshape(2, 3))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.json", "y.npy"]
+    assert np.load(tmp_path / "a" / "y.npy").tolist() == [[0, 1, 2], [3, 4, 5]]

@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from matseg.datasets import synthetic as syn
+from matseg.datasets.discover import group_of
 from matseg.errors import SpecError
 
 KINDS = sorted(syn.STRUCTURES)
@@ -216,7 +217,7 @@ def test_writer_pairs_tiles_groups_and_spec(tmp_path: Path) -> None:
     masks = sorted(p.name for p in (root / "masks").glob("*.png"))
     assert images == masks and len(images) == 6
     assert not list(root.rglob("*.tmp"))
-    groups = {syn.group_of(Path(n).stem) for n in images}
+    groups = {group_of(Path(n).stem, syn.GROUP_PATTERN) for n in images}
     assert groups == {"phases_m000", "phases_m001"}
     for name in images:
         img = np.asarray(Image.open(root / "images" / name))

@@ -150,8 +150,9 @@ def datasets_check(
     ] = None,
 ) -> None:
     """Validate a dataset: pairs, sizes, dtypes, classes, splits, leaks and every problem."""
+    from matseg.atomic import write_json
     from matseg.datasets.check import inspect_dataset, report
-    from matseg.datasets.fingerprint import fingerprint, write_json
+    from matseg.datasets.fingerprint import fingerprint
 
     with _friendly_errors():
         loaded = _load_any(spec, root)
@@ -279,8 +280,9 @@ def demo(
     ] = 48,
 ) -> None:
     """Generate synthetic micrographs offline, check them, print fingerprint and splits."""
+    from matseg.atomic import write_json
     from matseg.datasets.check import inspect_dataset, report
-    from matseg.datasets.fingerprint import fingerprint, write_json
+    from matseg.datasets.fingerprint import fingerprint
     from matseg.datasets.spec import load_spec
     from matseg.datasets.synthetic import write_synthetic_dataset
 

@@ -28,6 +28,7 @@ from urllib.request import Request, urlopen
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from matseg.atomic import write_json
 from matseg.errors import DownloadError
 
 __all__ = [
@@ -221,10 +222,7 @@ def _read_state(folder: Path) -> dict:
 
 
 def _write_state(folder: Path, state: dict) -> None:
-    path = _state_path(folder)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    write_json(_state_path(folder), state, indent=1, sort_keys=True)
 
 
 def _stat_key(path: Path) -> list[int]:

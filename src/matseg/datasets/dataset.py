@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from matseg.atomic import write_npy
 from matseg.datasets.discover import Item
 from matseg.datasets.loading import ItemLoader, resize_pair
 from matseg.datasets.readers import normalise, probe_shape
@@ -76,13 +75,6 @@ def _decode_key(spec: DatasetSpec, item: Item) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
-
-
 class DecodeCache:
     """Decoded arrays on disk (``<dir>/<key>.image.npy`` / ``.mask.npy``), read memory-mapped.
 
@@ -131,8 +123,8 @@ class DecodeCache:
                 if mask.max(initial=0) < 256 and mask.min(initial=0) >= 0
                 else mask
             )
-            _atomic_save(mask_path, small)
-        _atomic_save(img_path, np.ascontiguousarray(image))
+            write_npy(mask_path, small)
+        write_npy(img_path, image)
         return image, mask
 
     def _decode(self, item: Item) -> tuple[np.ndarray, np.ndarray | None]:

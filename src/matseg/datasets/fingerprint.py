@@ -7,11 +7,7 @@ tiling / resize policy. Weighted IoU and recommendations read it; a user can too
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,14 +80,3 @@ def fingerprint(ins: Inspection) -> dict[str, Any]:
         "encoding_source": ins.encoding_source,
         "leaks": len(ins.leaks),
     }
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write JSON atomically (temp file + rename): a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path

@@ -33,8 +33,6 @@ import inspect
 import io
 import json
 import math
-import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from matseg.atomic import write_bytes
 from matseg.errors import SpecError
 
 Seed = int | np.random.SeedSequence | np.random.Generator
@@ -596,16 +595,6 @@ def shifted_conditions(
 # --- dataset writer -----------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary sibling, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _png_bytes(array: NDArray[np.uint8]) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
@@ -687,8 +676,8 @@ def _write_micrograph(
             stem = f"{kind}_m{index:03d}_tile{r}{c}"
             if stem in stems:
                 cut = (slice(r * size, (r + 1) * size), slice(c * size, (c + 1) * size))
-                _write_atomic(out_dir / "images" / f"{stem}.png", _png_bytes(image[cut]))
-                _write_atomic(out_dir / "masks" / f"{stem}.png", _png_bytes(mask8[cut]))
+                write_bytes(out_dir / "images" / f"{stem}.png", _png_bytes(image[cut]))
+                write_bytes(out_dir / "masks" / f"{stem}.png", _png_bytes(mask8[cut]))
 
 
 def _write_volume(
@@ -705,10 +694,8 @@ def _write_volume(
         (size,) * 3, np.random.SeedSequence([seed, 1, index, 0]), **knobs
     )
     imaged = simulate_imaging(volume, conditions, np.random.SeedSequence([seed, 1, index, 1]))
-    _write_atomic(out_dir / "volumes" / f"vol{index}.tif", _tiff_bytes(_to_uint8(imaged)))
-    _write_atomic(
-        out_dir / "volume_labels" / f"vol{index}.tif", _tiff_bytes(labels.astype(np.uint8))
-    )
+    write_bytes(out_dir / "volumes" / f"vol{index}.tif", _tiff_bytes(_to_uint8(imaged)))
+    write_bytes(out_dir / "volume_labels" / f"vol{index}.tif", _tiff_bytes(labels.astype(np.uint8)))
 
 
 def _dataset_spec(
@@ -799,11 +786,5 @@ def write_synthetic_dataset(
     )
     spec_path = out_dir / "dataset.json"
     text = json.dumps(spec, indent=2, default=_json_default) + "\n"
-    _write_atomic(spec_path, text.encode("utf-8"))
+    write_bytes(spec_path, text.encode("utf-8"))
     return spec_path
-
-
-def group_of(stem: str) -> str:
-    """The micrograph a tile belongs to (``GROUP_PATTERN``'s first group), or the stem itself."""
-    match = re.match(GROUP_PATTERN, stem)
-    return match.group(1) if match else stem

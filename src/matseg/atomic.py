@@ -1,0 +1,43 @@
+"""Atomic writes: a temporary sibling file, then a rename, so no reader sees half a file.
+
+Every file matseg writes (specs, fingerprints, cached arrays, download state) goes through here,
+so a run killed at any moment leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: Path, data: Any, **dump_options: Any) -> Path:
+    """JSON (indented, UTF-8, trailing newline) written atomically."""
+    options: dict[str, Any] = {"indent": 2, **dump_options}
+    return write_bytes(path, (json.dumps(data, **options) + "\n").encode("utf-8"))
+
+
+def write_npy(path: Path, array: np.ndarray) -> Path:
+    """A NumPy array as ``.npy`` (no pickles) written atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return write_bytes(path, buf.getvalue())

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from matseg.datasets.check import inspect_dataset
-from matseg.datasets.dataset import DecodeCache, collate_samples
+from matseg.datasets.dataset import collate_samples
 from matseg.datasets.spec import DatasetSpec, load_spec
 from matseg.datasets.synthetic import write_synthetic_dataset
 
@@ -101,9 +101,9 @@ def main() -> int:
             f"discover+split+check {time.perf_counter() - t0:.2f} s"
         )
 
-        cold = ins.dataset(DecodeCache(spec, None))
+        cold = ins.dataset()
         cold_s, n = _epoch(cold)
-        cached = ins.dataset(DecodeCache(spec, workdir / "cache"))
+        cached = ins.dataset(workdir / "cache")
         first_s, _ = _epoch(cached)  # fills the cache
         warm_s = min(_epoch(cached)[0] for _ in range(3))
         print(f"cold (decode every time)     : {n / cold_s:8.1f} samples/s")

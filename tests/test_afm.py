@@ -338,7 +338,6 @@ def test_afm_dataset_through_the_pipeline(tmp_path: Path) -> None:
     from PIL import Image
 
     from matseg.datasets.check import inspect_dataset, report
-    from matseg.datasets.dataset import DecodeCache
     from matseg.datasets.spec import spec_from_dict
 
     _needs("AFMReader")
@@ -366,6 +365,6 @@ def test_afm_dataset_through_the_pipeline(tmp_path: Path) -> None:
     ins = inspect_dataset(spec)
     rep = report(ins)
     assert rep.usable and rep.n_pairs == 3 and rep.channels == {"2": 3}
-    sample = ins.dataset(DecodeCache(spec, None))[0]
+    sample = ins.dataset()[0]
     assert sample.image.shape == (2, 16, 24)
     np.testing.assert_allclose(sample.image.reshape(2, -1).std(axis=1), 1, atol=1e-4)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from matseg.datasets.check import inspect_dataset, report
-from matseg.datasets.dataset import DecodeCache, collate_samples
+from matseg.datasets.dataset import collate_samples
 from matseg.datasets.spec import spec_from_dict
 
 
@@ -37,7 +37,7 @@ def test_info_band_is_cut_from_image_and_mask(tmp_path: Path, crop: dict) -> Non
     )
     ins = inspect_dataset(spec)
     assert report(ins).sizes == {"64x64": 3}
-    sample = ins.dataset(DecodeCache(spec, None))[0]
+    sample = ins.dataset()[0]
     assert sample.image.shape == (1, 64, 64) and sample.mask is not None
     assert sample.mask.shape == (64, 64) and sample.mask[10:30, 10:30].all()
     assert sample.image.min() > 0.2  # nothing of the black bar left
@@ -54,7 +54,7 @@ def test_resize_policy_keeps_masks_categorical(tmp_path: Path, tiling: dict, siz
         base_dir=tmp_path,
     )
     ins = inspect_dataset(spec)
-    sample = ins.dataset(DecodeCache(spec, None))[0]
+    sample = ins.dataset()[0]
     assert sample.image.shape[1:] == size
     assert sample.mask is not None and set(np.unique(sample.mask)) == {0, 1}
     assert sample.mask[5:15, 5:15].all()  # the square, halved
@@ -72,8 +72,8 @@ def test_tiles_cache_and_collate(tmp_path: Path) -> None:
         base_dir=tmp_path,
     )
     ins = inspect_dataset(spec)
-    cold = ins.dataset(DecodeCache(spec, None))
-    cached = ins.dataset(DecodeCache(spec, tmp_path / "cache"))
+    cold = ins.dataset()
+    cached = ins.dataset(tmp_path / "cache")
     assert len(cold) == len(cached) == 2 * 3  # rows: 0, 36; cols: 0, 48, 76
     for i in range(len(cold)):
         a, b = cold[i], cached[i]
@@ -110,7 +110,7 @@ def test_labelled_volumes_slice_with_their_labels(tmp_path: Path) -> None:
     )
     ins = inspect_dataset(spec)
     assert report(ins).usable and len(ins.stats) == 2 * 12
-    data = ins.dataset(DecodeCache(spec, None))
+    data = ins.dataset()
     labels = {p.stem: tifffile.imread(p) for p in (tmp_path / "volume_labels").glob("*.tif")}
     for i in range(len(data)):
         sample = data[i]

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from matseg.datasets.check import DatasetReport, Inspection, inspect_dataset, report
-from matseg.datasets.dataset import DecodeCache
 from matseg.datasets.masks import MaskInput, decode_mask
 from matseg.datasets.readers import normalise, read_array
 from matseg.datasets.spec import DatasetSpec, load_spec
@@ -226,7 +225,7 @@ def test_xct_volumes_slice_and_stay_in_one_split(example: Callable[[str], Inspec
 
 def test_micrograph_dataset_samples(example: Callable[[str], Inspected], tmp_path: Path) -> None:
     ins, _ = example("nasa_super")
-    data = ins.dataset(DecodeCache(ins.spec, tmp_path))
+    data = ins.dataset(tmp_path)
     assert len(data) == 23
     by_key = {}
     for i in range(len(data)):
@@ -258,7 +257,7 @@ def test_ampis_tiles_cover_every_pixel(example: Callable[[str], Inspected], tmp_
     assert (patch, overlap) == (256, 32)
     windows = tile_windows(1024, 1536, patch, overlap)
     assert len(windows) == 7 * 5
-    data = ins.dataset(DecodeCache(spec, tmp_path))
+    data = ins.dataset(tmp_path)
     assert len(data) == 5 * len(windows)
 
     refs_by_item: dict[str, list] = {}

@@ -234,9 +234,8 @@ def test_multichannel_stack_with_named_channels(tmp_path: Path) -> None:
     ins = inspect_dataset(spec)
     rep = report(ins)
     assert rep.usable and rep.channels == {"3": 3}
-    from matseg.datasets.dataset import DecodeCache
 
-    sample = ins.dataset(DecodeCache(spec, None))[0]
+    sample = ins.dataset()[0]
     assert sample.image.shape == (3, 16, 16)
     np.testing.assert_allclose(sample.image.reshape(3, -1).std(axis=1), 1, atol=1e-4)  # per channel
     bad = spec.model_copy(

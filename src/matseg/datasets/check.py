@@ -100,8 +100,13 @@ class Inspection:
     encoding_source: str = "spec"
     encoding_reason: str = "given in the spec"
 
-    def dataset(self, cache: DecodeCache) -> MicrographDataset:
-        """The readable items as a tiled dataset with their splits."""
+    def dataset(self, cache_dir: Path | None = None) -> MicrographDataset:
+        """The readable items as a tiled dataset with their splits.
+
+        Decoding uses the inspected spec (with any inferred encoding); ``cache_dir`` keeps the
+        decoded arrays on disk for the epochs after the first.
+        """
+        cache = DecodeCache(self.spec, cache_dir)
         return MicrographDataset(self.spec, plan_tiles(self.spec, self.split.splits, cache), cache)
 
 

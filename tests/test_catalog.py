@@ -320,3 +320,27 @@ def test_interrupted_transfer_keeps_part_and_resumes(tmp_path: Path, serve) -> N
     download_entry(entry, cache, base_url=base)
     assert (cache / "datasets" / "tiny" / "v.bin").read_bytes() == payload
     assert server.log == [("v.bin", None), ("v.bin", "bytes=100000-")]
+
+
+def test_cli_download_then_check_the_downloaded_copy(
+    shared_data: Path, tmp_path: Path, serve
+) -> None:
+    """`matseg datasets download` from a mirror, then the example spec reads the cached copy."""
+    from typer.testing import CliRunner
+
+    from matseg.cli import app
+
+    base, _ = serve(shared_data / "tbm_grain_256")
+    runner = CliRunner()
+    cache = tmp_path / "cache"
+    got = runner.invoke(
+        app,
+        ["datasets", "download", "tbm_grain_256", "--cache-dir", str(cache), "--base-url", base],
+    )
+    assert got.exit_code == 0, got.output
+    folder = cache / "datasets" / "tbm_grain_256"
+    assert len(list((folder / "images").glob("*.png"))) == 80
+    spec = Path(__file__).resolve().parents[1] / "examples" / "tbm_grain_256.json"
+    checked = runner.invoke(app, ["datasets", "check", str(spec), "--root", str(folder), "--json"])
+    assert checked.exit_code == 0, checked.output
+    assert '"n_pairs": 80' in checked.stdout

@@ -262,7 +262,7 @@ def _tiling_words(spec: DatasetSpec) -> str:
     return f"{patch}; {resize[t.resize]}"
 
 
-def _split_summary(ins: Inspection) -> dict[str, dict[str, int]]:
+def split_summary(ins: Inspection) -> dict[str, dict[str, int]]:
     """Items, groups and training tiles (after the resize policy) per split."""
     t = ins.spec.tiling
     summary = ins.split.summary()
@@ -314,7 +314,7 @@ def report(ins: Inspection) -> DatasetReport:
             for s in stats.values()
             if s.class_counts and len(set(s.class_counts) - {spec.ignore_index}) == 1
         ),
-        splits=_split_summary(ins),
+        splits=split_summary(ins),
         tiling=_tiling_words(spec),
         leaks=[vars(leak) for leak in ins.leaks],
         problems=[

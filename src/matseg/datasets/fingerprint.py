@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from matseg.datasets.check import Inspection, ItemStats, class_names
+from matseg.datasets.check import Inspection, ItemStats, class_names, split_summary
 
 
 def _channel_stats(stats: list[ItemStats]) -> list[dict[str, float]]:
@@ -50,11 +50,13 @@ def fingerprint(ins: Inspection) -> dict[str, Any]:
     spec = ins.spec
     names = class_names(spec, ins.stats)
     per_split: dict[str, Any] = {}
+    tiles = split_summary(ins)
     for split, items in ins.split.splits.items():
         rows = [ins.stats[i.key] for i in items if i.key in ins.stats]
         per_split[split] = {
             "items": len(rows),
             "groups": len({i.group for i in items}),
+            "tiles": tiles[split]["tiles"],
             "pixels": int(sum(s.height * s.width for s in rows)),
             "channel_stats": _channel_stats(rows),
             "class_frequencies": _class_frequencies(rows, names, spec.ignore_index),

@@ -27,7 +27,7 @@ SPEC_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 
 # name -> (pairs, unpaired images, classes present)
 EXPECTED = {
-    "nasa_super": (23, 0, ["matrix", "secondary_gamma_prime", "tertiary_gamma_prime"]),
+    "nasa_super": (23, 0, ["matrix", "red_fine_gamma_prime", "blue_coarse_gamma_prime"]),
     "nrcan_shale_sem": (101, 0, ["background", "grain"]),
     "tbm_grain_256": (80, 0, ["grain", "grain_boundary"]),
     "nasa_meltpool": (231, 0, ["background", "melt_pool"]),

@@ -30,6 +30,10 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="Check, describe and fetch datasets.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+profile_app = typer.Typer(
+    help="Write, validate and describe benchmark profiles.", no_args_is_help=True
+)
+app.add_typer(profile_app, name="profile")
 
 out = Console()
 err = Console(stderr=True)
@@ -260,6 +264,165 @@ def datasets_download(
 
             folder = download(name, cache_dir=cache_dir, base_url=base_url, progress=on_file)
     out.print(f"{name}: verified in {folder}", highlight=False)
+
+
+# --- profiles, plans, runs ---------------------------------------------------------------------
+
+
+@profile_app.command("schema")
+def profile_schema() -> None:
+    """Print the JSON Schema of a profile."""
+    from matseg.profile import profile_json_schema
+
+    sys.stdout.write(json.dumps(profile_json_schema(), indent=2) + "\n")
+
+
+@profile_app.command("validate")
+def profile_validate(profile: Annotated[Path, typer.Argument(help="Profile JSON.")]) -> None:
+    """Explain every error of a profile: field path, what was expected, what was found."""
+    from matseg.profile import Profile, profile_problems, read_profile_json, resolve_datasets
+
+    with _friendly_errors():
+        data = read_profile_json(profile)
+        problems = profile_problems(data)
+        if not problems:
+            loaded = Profile.model_validate(data)
+            loaded._base_dir = profile.resolve().parent
+            specs = resolve_datasets(loaded)
+    if problems:
+        for line in problems:
+            err.print(f"[red]error[/]: {profile}: {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    names = ", ".join(s.name for s in specs)
+    out.print(f"{profile}: valid ({len(specs)} datasets: {names})", highlight=False)
+
+
+@profile_app.command("init")
+def profile_init(
+    path: Annotated[Path, typer.Argument(help="Where to write the starting profile.")] = Path(
+        "profile.json"
+    ),
+    dataset: Annotated[str, typer.Option(help="Dataset spec the profile points at.")] = (
+        "examples/nasa_super.json"
+    ),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starting profile (the paper protocol, a CPU-friendly grid)."""
+    from matseg.atomic import write_json
+    from matseg.profile import starting_profile
+
+    if path.exists() and not force:
+        err.print(f"[red]error[/]: {path}: expected a new file, found an existing one; use --force")
+        raise typer.Exit(2)
+    write_json(path, starting_profile(dataset))
+    out.print(f"wrote {path}; edit it, then: matseg profile validate {path}", highlight=False)
+
+
+def _plan_table(plan: Any) -> Table:
+    table = Table(
+        title=f"plan for {plan.profile_name} ({len(plan.jobs)} jobs)", title_justify="left"
+    )
+    for col in ("job", "dataset", "encoder", "decoder", "weights", "seed"):
+        table.add_column(col)
+    for job in plan.jobs:
+        table.add_row(job.hash, job.dataset, job.encoder, job.decoder, job.weights, str(job.seed))
+    return table
+
+
+@app.command("plan")
+def plan_command(
+    profile: Annotated[Path, typer.Argument(help="Profile JSON.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Compile a profile into jobs (dataset x encoder x decoder x seed): a dry run."""
+    from matseg.plan import compile_plan
+    from matseg.profile import load_profile
+
+    with _friendly_errors():
+        plan = compile_plan(load_profile(profile))
+    if as_json:
+        sys.stdout.write(plan.model_dump_json(indent=2) + "\n")
+    else:
+        out.print(_plan_table(plan))
+
+
+def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in (
+        "dataset",
+        "split",
+        "encoder",
+        "decoder",
+        "IoU [95% CI]",
+        "fg IoU",
+        "Dice",
+        "acc",
+        "wIoU",
+        "majority",
+        "all-fg",
+        "epochs",
+        "time",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("dataset", "split", "encoder", "decoder") else "right"
+        )
+
+    def f(v: Any) -> str:
+        return "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+    for r in rows:
+        ci = f"{f(r['macro_iou'])} [{f(r['macro_iou_low'])}, {f(r['macro_iou_high'])}]"
+        table.add_row(
+            r["dataset"],
+            r["split"],
+            r["encoder"],
+            r["decoder"],
+            ci,
+            f(r["foreground_iou"]),
+            f(r["dice"]),
+            f(r["pixel_accuracy"]),
+            f(r["weighted_iou"]),
+            f(r["baseline_majority_iou"]),
+            f(r["baseline_all_foreground_iou"]),
+            str(r["epochs"]),
+            f"{r['train_seconds']:.0f} s",
+        )
+    return table
+
+
+def _run_and_report(profile: Any, out_dir: Path, resume: bool) -> Path:
+    from matseg.execution.local import run_profile
+    from matseg.results import best_rows
+
+    with _progress("grid") as grid:
+        summary = run_profile(
+            profile, out_dir, resume=resume, progress=lambda label, done, total: grid(done, total)
+        )
+    out.print(_results_table(summary.rows, "results (Table 3)"))
+    out.print(
+        _results_table(best_rows(summary.rows), "best per dataset by validation IoU (Table 2)")
+    )
+    out.print(
+        f"run folder: {summary.folder}  "
+        f"(trained {len(summary.trained)}, reused {len(summary.skipped)})",
+        highlight=False,
+    )
+    return summary.folder
+
+
+@app.command("run")
+def run_command(
+    profile: Annotated[Path, typer.Argument(help="Profile JSON.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path(
+        "runs"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue an existing run folder.")] = False,
+) -> None:
+    """Train and evaluate every job of a profile; write the run folder and results tables."""
+    from matseg.profile import load_profile
+
+    with _friendly_errors():
+        _run_and_report(load_profile(profile), out_dir, resume)
 
 
 # --- demo ---------------------------------------------------------------------------------------

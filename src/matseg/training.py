@@ -1,0 +1,366 @@
+"""Training and evaluation of one job under the paper protocol, on PyTorch Lightning.
+
+Adam with cosine annealing, early stopping on validation IoU, the best validation weights kept
+(in memory, then as safetensors), and ONE evaluation on the held-out test split, which is never
+used for any choice. Training samples are random crops (flips and 90 degree turns when
+augmenting); validation and test see whole images. The same job and seed give the same test
+metrics on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
+
+from matseg import metrics
+from matseg.datasets.dataset import MicrographDataset, Sample
+
+log = logging.getLogger(__name__)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+class RandomCrops(torch.utils.data.Dataset):
+    """Training samples: random ``patch`` crops of the training images, seeded per epoch.
+
+    Sample ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``, so the crops are the
+    same on every run and differ from epoch to epoch. Images smaller than the patch are padded
+    (image reflected, mask with the ignore index).
+    """
+
+    def __init__(
+        self,
+        base: MicrographDataset,
+        patch: int | None,
+        length: int,
+        seed: int,
+        augment: bool,
+        ignore_index: int,
+    ) -> None:
+        self.base = base
+        self.patch = patch
+        self.length = length
+        self.seed = seed
+        self.augment = augment
+        self.ignore_index = ignore_index
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        sample = self.base[int(rng.integers(len(self.base)))]
+        image, mask = sample.image, _mask_or_fail(sample)
+        if self.patch is not None:
+            image, mask = _pad_to(image, mask, self.patch, self.ignore_index)
+            h, w = mask.shape
+            y = int(rng.integers(h - self.patch + 1))
+            x = int(rng.integers(w - self.patch + 1))
+            image = image[:, y : y + self.patch, x : x + self.patch]
+            mask = mask[y : y + self.patch, x : x + self.patch]
+        if self.augment:
+            if rng.random() < 0.5:
+                image, mask = image[:, :, ::-1], mask[:, ::-1]
+            if rng.random() < 0.5:
+                image, mask = image[:, ::-1, :], mask[::-1, :]
+            k = int(rng.integers(4))
+            image, mask = np.rot90(image, k, axes=(1, 2)), np.rot90(mask, k)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(
+            np.ascontiguousarray(mask)
+        )
+
+
+def _mask_or_fail(sample: Sample) -> np.ndarray:
+    if sample.mask is None:
+        raise ValueError(f"{sample.meta.source}: training needs a mask")
+    return sample.mask
+
+
+def _pad_to(
+    image: np.ndarray, mask: np.ndarray, size: int, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    ph, pw = max(0, size - mask.shape[0]), max(0, size - mask.shape[1])
+    if ph == 0 and pw == 0:
+        return image, mask
+    image = np.pad(
+        image, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(mask.shape) > 1 else "edge"
+    )
+    return image, np.pad(mask, ((0, ph), (0, pw)), constant_values=ignore_index)
+
+
+class WholeImages(torch.utils.data.Dataset):
+    """Validation / test samples: whole images with their masks, one at a time."""
+
+    def __init__(self, base: MicrographDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.base[index]
+        return torch.from_numpy(sample.image), torch.from_numpy(_mask_or_fail(sample))
+
+
+def crops_per_epoch(base: MicrographDataset, patch: int | None) -> int:
+    """Crops that cover each training pixel about once: sum of ceil(H * W / patch^2)."""
+    if patch is None:
+        return len(base)
+    total = 0
+    for ref in base.refs:
+        image, _ = base.cache.get(ref.item)
+        h, w = (ref.window.h, ref.window.w) if ref.window.h > 0 else image.shape[-2:]
+        total += math.ceil(h * w / patch**2)
+    return max(total, 1)
+
+
+# --- model wrapper ------------------------------------------------------------------------------
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 32) -> tuple[torch.Tensor, int, int]:
+    """Reflect-pad (N, C, H, W) so H and W divide by ``multiple`` (encoders downsample 32x)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, h, w
+
+
+def predict_logits(
+    model: torch.nn.Module, image: torch.Tensor, channels_last: bool
+) -> torch.Tensor:
+    """Logits for whole images of any size (padded to a multiple of 32, then cropped back)."""
+    padded, h, w = pad_to_multiple(image)
+    if channels_last:
+        padded = padded.contiguous(memory_format=torch.channels_last)
+    return model(padded)[..., :h, :w]
+
+
+class SegmentationModule(L.LightningModule):
+    """The segmentation model with the paper's optimiser, schedule and validation IoU."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        num_classes: int,
+        loss: str,
+        learning_rate: float,
+        scheduler: str,
+        max_epochs: int,
+        ignore_index: int,
+        channels_last: bool,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.loss_name = loss
+        self.learning_rate = learning_rate
+        self.scheduler_name = scheduler
+        self.max_epochs = max_epochs
+        self.ignore_index = ignore_index
+        self.channels_last = channels_last
+        self.dice = DiceLoss(mode="multiclass", ignore_index=ignore_index, from_logits=True)
+        self._val_cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.best_iou = -math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+        self._epoch_losses: list[float] = []
+        self._epoch_start = time.perf_counter()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return predict_logits(self.model, x, self.channels_last)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        parts = []
+        if "ce" in self.loss_name:
+            parts.append(F.cross_entropy(logits, target, ignore_index=self.ignore_index))
+        if "dice" in self.loss_name:
+            parts.append(self.dice(logits, target))
+        return torch.stack(parts).sum()
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = self._loss(self.model(x), y)
+        self._epoch_losses.append(float(loss.detach()))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_cm.zero_()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        pred = self(x).argmax(dim=1)
+        self._val_cm += (
+            metrics.confusion_matrices(pred, y, self.num_classes, self.ignore_index).sum(0).cpu()
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        val_iou = float(np.nanmean(metrics.iou(self._val_cm.numpy())))
+        self.log("val_iou", val_iou, prog_bar=True)
+        if val_iou > self.best_iou:
+            self.best_iou, self.best_epoch = val_iou, self.current_epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.history.append(
+            {
+                "epoch": self.current_epoch,
+                "train_loss": float(np.mean(self._epoch_losses))
+                if self._epoch_losses
+                else float("nan"),
+                "val_iou": val_iou,
+                "lr": float(self.optimizers().param_groups[0]["lr"]),
+                "seconds": time.perf_counter() - self._epoch_start,
+            }
+        )
+        self._epoch_losses = []
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
+        if self.scheduler_name == "none":
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.max_epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class _NewEpochCrops(L.Callback):
+    """Tell the crop dataset which epoch it is, so crops change per epoch yet stay seeded."""
+
+    def __init__(self, crops: RandomCrops) -> None:
+        self.crops = crops
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.crops.epoch = trainer.current_epoch
+
+
+# --- one job ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """What training produced: the best weights, when they were found, and the curves."""
+
+    model: torch.nn.Module
+    best_epoch: int
+    best_val_iou: float
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]]
+    stopped_by: str
+
+
+def fit(
+    model: torch.nn.Module,
+    train: MicrographDataset,
+    val: MicrographDataset,
+    num_classes: int,
+    training: dict[str, Any],
+    seed: int,
+    ignore_index: int,
+    log_dir: Path,
+    progress_bar: bool = True,
+) -> FitResult:
+    """Train with early stopping on validation IoU; return the model with its best weights."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    precision = training["precision"]
+    channels_last = training.get("channels_last")
+    if channels_last is None:
+        channels_last = precision == "bf16-mixed"
+    patch = training["patch_size"]
+    length = training.get("crops_per_epoch") or crops_per_epoch(train, patch)
+    crops = RandomCrops(train, patch, length, seed, training["augment"], ignore_index)
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = torch.utils.data.DataLoader(
+        crops, batch_size=training["batch_size"], shuffle=True, generator=generator, drop_last=False
+    )
+    val_loader = torch.utils.data.DataLoader(WholeImages(val), batch_size=1)
+    module = SegmentationModule(
+        model,
+        num_classes,
+        training["loss"],
+        training["learning_rate"],
+        training["scheduler"],
+        training["max_epochs"],
+        ignore_index,
+        channels_last,
+    )
+    stopper = L.pytorch.callbacks.EarlyStopping(
+        "val_iou", mode="max", patience=training["patience"]
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        max_epochs=training["max_epochs"],
+        max_time={"minutes": training["max_minutes"]} if training.get("max_minutes") else None,
+        callbacks=[stopper, _NewEpochCrops(crops)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        default_root_dir=log_dir,
+        log_every_n_steps=1,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    seconds = time.perf_counter() - start
+    if module.best_state is not None:
+        module.model.load_state_dict(module.best_state)
+    stopped = (
+        "early stopping"
+        if stopper.stopped_epoch > 0
+        else ("time budget" if trainer.current_epoch + 1 < training["max_epochs"] else "max epochs")
+    )
+    model_out = module.model.to(memory_format=torch.contiguous_format)
+    return FitResult(
+        model=copy.deepcopy(model_out).eval(),
+        best_epoch=module.best_epoch,
+        best_val_iou=module.best_iou,
+        epochs_run=len(module.history),
+        seconds=seconds,
+        history=module.history,
+        stopped_by=stopped,
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, images: MicrographDataset, precision: str, channels_last: bool
+) -> list[tuple[Sample, np.ndarray]]:
+    """Hard predictions (class ids) for whole images, with their samples."""
+    model.eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    out = []
+    for i in range(len(images)):
+        sample = images[i]
+        x = torch.from_numpy(sample.image)[None]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            logits = predict_logits(model, x, channels_last)
+        out.append((sample, logits.float().argmax(dim=1)[0].numpy().astype(np.int64)))
+    model.to(memory_format=torch.contiguous_format)
+    return out

@@ -35,7 +35,8 @@ profile_app = typer.Typer(
 )
 app.add_typer(profile_app, name="profile")
 
-out = Console()
+# Pipes and logs get a wide console (rich would assume 80 columns and squash the tables).
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -348,24 +349,10 @@ def plan_command(
 
 def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for col in (
-        "dataset",
-        "split",
-        "encoder",
-        "decoder",
-        "IoU [95% CI]",
-        "fg IoU",
-        "Dice",
-        "acc",
-        "wIoU",
-        "majority",
-        "all-fg",
-        "epochs",
-        "time",
-    ):
-        table.add_column(
-            col, justify="left" if col in ("dataset", "split", "encoder", "decoder") else "right"
-        )
+    columns = ("dataset", "split", "model", "IoU [95% CI]", "fg IoU", "Dice", "acc", "wIoU",
+               "majority", "all-fg", "epochs", "time")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col in columns[:3] else "right")
 
     def f(v: Any) -> str:
         return "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
@@ -373,20 +360,11 @@ def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
     for r in rows:
         ci = f"{f(r['macro_iou'])} [{f(r['macro_iou_low'])}, {f(r['macro_iou_high'])}]"
         table.add_row(
-            r["dataset"],
-            r["split"],
-            r["encoder"],
-            r["decoder"],
-            ci,
-            f(r["foreground_iou"]),
-            f(r["dice"]),
-            f(r["pixel_accuracy"]),
-            f(r["weighted_iou"]),
-            f(r["baseline_majority_iou"]),
-            f(r["baseline_all_foreground_iou"]),
-            str(r["epochs"]),
-            f"{r['train_seconds']:.0f} s",
-        )
+            r["dataset"], r["split"], f"{r['encoder']} + {r['decoder']}", ci,
+            f(r["foreground_iou"]), f(r["dice"]), f(r["pixel_accuracy"]), f(r["weighted_iou"]),
+            f(r["baseline_majority_iou"]), f(r["baseline_all_foreground_iou"]),
+            str(r["epochs"]), f"{r['train_seconds']:.0f} s",
+        )  # fmt: skip
     return table
 
 

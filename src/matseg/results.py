@@ -57,7 +57,7 @@ def job_rows(job: Job, result: dict[str, Any]) -> list[dict[str, Any]]:
         all_fg = base.get("all foreground", {})
         low, high = _ci(s, "macro_iou")
         fg_low, fg_high = _ci(s, "foreground_iou")
-        per_class = s.get("iou_per_class") or []
+        per_class = s.get("iou_per_class") or {}
         rows.append(
             {
                 "dataset": job.dataset, "split": split, "encoder": job.encoder,
@@ -68,8 +68,7 @@ def job_rows(job: Job, result: dict[str, Any]) -> list[dict[str, Any]]:
                 "dice": s.get("macro_dice"), "pixel_accuracy": s.get("pixel_accuracy"),
                 "weighted_iou": s.get("weighted_iou"),
                 "iou_per_class": " ".join(
-                    f"{c}={'nan' if v is None else f'{v:.4f}'}"
-                    for c, v in zip(result["classes"], per_class, strict=False)
+                    f"{c}={'nan' if v is None else f'{v:.4f}'}" for c, v in per_class.items()
                 ),
                 "baseline_majority_iou": majority.get("macro_iou"),
                 "baseline_all_foreground_iou": all_fg.get("foreground_iou"),

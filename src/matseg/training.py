@@ -181,6 +181,7 @@ class SegmentationModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self._epoch_losses: list[float] = []
         self._epoch_start = time.perf_counter()
+        self._epoch_lr = learning_rate
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -205,6 +206,10 @@ class SegmentationModule(L.LightningModule):
         loss = self._loss(self.model(x), y)
         self._epoch_losses.append(float(loss.detach()))
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_lr = float(self.optimizers().param_groups[0]["lr"])  # the rate this epoch uses
+        self._epoch_start = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
         self._val_cm.zero_()
@@ -231,7 +236,7 @@ class SegmentationModule(L.LightningModule):
                 if self._epoch_losses
                 else float("nan"),
                 "val_iou": val_iou,
-                "lr": float(self.optimizers().param_groups[0]["lr"]),
+                "lr": self._epoch_lr,
                 "seconds": time.perf_counter() - self._epoch_start,
             }
         )

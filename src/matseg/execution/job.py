@@ -166,6 +166,7 @@ def run_job(
     """Train and evaluate one job into ``folder``; return what ``metrics.json`` holds."""
     with _JobLog(folder / "log.txt") as logger:
         logger.info("job %s: %s", job.hash, job.label())
+        torch.manual_seed(job.seed)  # random initialisation is part of the seeded protocol
         model, weights = build_model(
             job.encoder,
             job.decoder,

@@ -406,43 +406,88 @@ def run_command(
 # --- demo ---------------------------------------------------------------------------------------
 
 
+DEMO_DECODERS = ("unet", "deeplabv3", "deeplabv3plus")
+
+
+def demo_profile(
+    spec_path: Path,
+    encoder: str,
+    weights: str,
+    decoders: list[str],
+    max_epochs: int,
+    minutes: float,
+) -> dict[str, Any]:
+    """The quickstart's profile: a small pretrained encoder x the paper's three decoders on CPU."""
+    return {
+        "$comment": "Written by 'matseg demo': the paper protocol on synthetic micrographs, sized "
+        "for a laptop CPU (bf16, 128 px patches, a time budget per job).",
+        "name": "demo",
+        "description": "matseg quickstart on generated micrographs",
+        "datasets": [str(spec_path)],
+        "task": {"objective": "Segment the pores of a porous solid", "difficulty": "Easy"},
+        "model": {"encoders": [encoder], "decoders": decoders, "weights": weights},
+        "training": {
+            "batch_size": 16, "learning_rate": 1e-3, "max_epochs": max_epochs, "patience": 8,
+            "patch_size": 128, "precision": "bf16-mixed", "max_minutes": minutes, "seeds": [0],
+        },
+    }  # fmt: skip
+
+
 @app.command("demo")
 def demo(
     out_dir: Annotated[
-        Path | None,
-        typer.Option("--out", help="Folder for the generated data (default: a temp folder)."),
-    ] = None,
+        Path, typer.Option("--out", help="Folder for the generated data and the run.")
+    ] = Path("matseg-demo"),
     kind: Annotated[
-        str, typer.Option(help="Synthetic microstructure: pores, particles, grains...")
+        str, typer.Option(help="Synthetic microstructure: pores, particles, grains, phases.")
     ] = "pores",
     seed: Annotated[int, typer.Option(help="Seed for the generator and the split.")] = 0,
     n_images: Annotated[
         int, typer.Option(help="Tiles to generate (each micrograph is cut into 4).")
     ] = 48,
+    encoder: Annotated[str, typer.Option(help="Encoder of the grid.")] = "tu-tf_efficientnet_lite0",
+    weights: Annotated[str, typer.Option(help="Encoder weights.")] = "efficientnet-lite0",
+    decoders: Annotated[
+        list[str] | None, typer.Option("--decoder", help="Decoders (repeat the option).")
+    ] = None,
+    max_epochs: Annotated[int, typer.Option(help="Epoch cap per job.")] = 40,
+    minutes: Annotated[float, typer.Option(help="Training time budget per job.")] = 1.0,
 ) -> None:
-    """Generate synthetic micrographs offline, check them, print fingerprint and splits."""
+    """The offline quickstart: generate micrographs, check them, train and compare a small grid."""
     from matseg.atomic import write_json
     from matseg.datasets.check import inspect_dataset, report
     from matseg.datasets.fingerprint import fingerprint
     from matseg.datasets.spec import load_spec
     from matseg.datasets.synthetic import write_synthetic_dataset
+    from matseg.profile import load_profile
 
     with _friendly_errors():
-        folder = out_dir or Path(tempfile.mkdtemp(prefix="matseg-demo-"))
-        spec_path = write_synthetic_dataset(folder, kind=kind, n_images=n_images, seed=seed)
-        out.print(f"generated [bold]{kind}[/] micrographs in {folder}", highlight=False)
+        data = out_dir / "data"
+        spec_path = write_synthetic_dataset(data, kind=kind, n_images=n_images, size=128, seed=seed)
+        out.print(f"generated {n_images} [bold]{kind}[/] tiles in {data}", highlight=False)
         spec = load_spec(spec_path)
         with _progress(f"reading {spec.name}") as progress:
             ins = inspect_dataset(spec, progress=progress)
         rep = report(ins)
         _print_report(rep)
-        fp = fingerprint(ins)
-        path = write_json(folder / "fingerprint.json", fp)
-    out.print(f"fingerprint written to {path}", highlight=False)
-    out.print_json(
-        json.dumps({"splits": fp["splits"], "class_frequencies": fp["class_frequencies"]})
-    )
-    raise typer.Exit(0 if rep.usable else 1)
+        if not rep.usable:
+            raise typer.Exit(1)
+        write_json(data / "fingerprint.json", fingerprint(ins))
+        profile_path = write_json(
+            out_dir / "demo-profile.json",
+            demo_profile(
+                spec_path.resolve(),
+                encoder,
+                weights,
+                list(decoders or DEMO_DECODERS),
+                max_epochs,
+                minutes,
+            ),
+        )
+        out.print(
+            f"profile: {profile_path}; fingerprint: {data / 'fingerprint.json'}", highlight=False
+        )
+        _run_and_report(load_profile(profile_path), out_dir / "runs", resume=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -215,3 +215,27 @@ def test_committed_spec_schema_is_current() -> None:
     result = CliRunner().invoke(app, ["datasets", "schema"])
     assert result.exit_code == 0
     assert json.loads(result.stdout)["title"] == "DatasetSpec"
+
+
+def test_demo_runs_the_quickstart_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`matseg demo` (sized down): data, check, a pretrained grid, the results table, resumable."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["demo", "--out", str(tmp_path), "--n-images", "16", "--max-epochs", "2",
+            "--minutes", "0.2", "--decoder", "unet", "--decoder", "deeplabv3plus"]  # fmt: skip
+    got = CliRunner().invoke(app, args)
+    assert got.exit_code == 0, got.output
+    assert "results (Table 3)" in got.output and "trained 2, reused 0" in got.output
+    run = next((tmp_path / "runs").iterdir())
+    rows = (run / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and "tu-tf_efficientnet_lite0" in rows[1]
+    metrics = json.loads(next(run.glob("jobs/*/metrics.json")).read_text())
+    assert metrics["weights"]["source"] == "efficientnet-lite0"
+    assert (
+        metrics["weights"]["encoder_tensors_loaded"]
+        == metrics["weights"]["encoder_tensors_total"]
+        > 0
+    )
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "trained 0, reused 2" in again.output

@@ -146,3 +146,19 @@ def test_cli_plan_json(tmp_path: Path) -> None:
     assert got.exit_code == 0, got.output
     plan = json.loads(got.stdout)
     assert [j["decoder"] for j in plan["jobs"]] == ["unet", "fpn"]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "examples" / "profiles").glob("*.json")), ids=lambda p: p.stem
+)
+def test_example_profiles_validate_and_plan(path: Path) -> None:
+    data = json.loads(path.read_text())
+    assert profile_problems(data) == []
+    profile = load_profile(path)
+    specs = [ROOT / "examples" / Path(d).name for d in profile.datasets if isinstance(d, str)]
+    assert all(s.is_file() for s in specs)
+    if (ROOT.parent / "shared" / "data").is_dir():
+        plan = compile_plan(profile)
+        assert len(plan.jobs) == len(specs) * len(profile.model.encoders) * len(
+            profile.model.decoders
+        ) * len(profile.training.seeds)

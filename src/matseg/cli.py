@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,14 +127,15 @@ def _print_report(rep: Any) -> None:
             )
         out.print(classes)
     if rep.problems:
-        problems = Table(title=f"problems ({len(rep.problems)})", title_justify="left")
-        problems.add_column("level")
-        problems.add_column("where", overflow="fold")
-        problems.add_column("problem", overflow="fold")
+        # One line per problem (no table): long file names stay whole and greppable.
+        out.print(f"[bold]problems ({len(rep.problems)})[/]")
         style = {"error": "red", "warning": "yellow", "note": "dim"}
         for p in rep.problems:
-            problems.add_row(f"[{style.get(p.level, '')}]{p.level}[/]", p.where, p.message)
-        out.print(problems)
+            out.print(
+                f"  [{style.get(p.level, '')}]{p.level}[/] {p.where}: {p.message}",
+                highlight=False,
+                soft_wrap=True,
+            )
     verdict = "[green]usable[/]" if rep.usable else "[red]not usable[/]"
     out.print(f"verdict: {verdict}")
 

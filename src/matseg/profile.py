@@ -66,7 +66,10 @@ class Training(_Block):
 
     ``patch_size``: training samples are random crops of this size (with flips and 90 degree
     rotations when ``augment``); validation and test use whole images. ``max_minutes`` caps the
-    wall-clock training time of one job (a CPU budget); the best validation checkpoint is kept.
+    wall-clock training time of one job (a CPU budget); the best validation checkpoint is kept,
+    and the cosine schedule then anneals over the budget rather than over ``max_epochs``. A time
+    budget makes the epoch count depend on the machine's speed: for bit-identical repeats, leave
+    ``max_minutes`` unset.
     """
 
     batch_size: int = Field(default=16, ge=1)

@@ -163,8 +163,11 @@ class SegmentationModule(L.LightningModule):
         max_epochs: int,
         ignore_index: int,
         channels_last: bool,
+        time_budget_s: float | None = None,
     ) -> None:
         super().__init__()
+        self.time_budget_s = time_budget_s
+        self._fit_start = time.perf_counter()
         self.model = model
         self.num_classes = num_classes
         self.loss_name = loss
@@ -241,13 +244,31 @@ class SegmentationModule(L.LightningModule):
             }
         )
         self._epoch_losses = []
+        last = self.history[-1]
+        log.info(
+            "epoch %d: train loss %.4f, val IoU %.4f, lr %.2e, %.1f s",
+            last["epoch"], last["train_loss"], val_iou, last["lr"], last["seconds"],
+        )  # fmt: skip
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
         if self.scheduler_name == "none":
             return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.max_epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if self.time_budget_s is None:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.max_epochs)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        # With a wall-clock budget the epoch count is unknown in advance: anneal over the budget
+        # instead, so the rate reaches its minimum when the time is up (stepped every batch).
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._budget_fraction_cosine)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _budget_fraction_cosine(self, step: int) -> float:
+        assert self.time_budget_s is not None
+        done = min(1.0, (time.perf_counter() - self._fit_start) / self.time_budget_s)
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
 
 
 class _NewEpochCrops(L.Callback):
@@ -310,6 +331,9 @@ def fit(
         training["max_epochs"],
         ignore_index,
         channels_last,
+        time_budget_s=60 * training["max_minutes"]
+        if training.get("max_minutes") and training["scheduler"] == "cosine"
+        else None,
     )
     stopper = L.pytorch.callbacks.EarlyStopping(
         "val_iou", mode="max", patience=training["patience"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 
 class MatsegError(Exception):
     """Base of every error matseg raises on purpose; the CLI prints it as one line, no traceback."""
@@ -29,6 +33,18 @@ class DataError(MatsegError):
 
 class SpecError(MatsegError):
     """A field of a dataset spec (or other JSON the user wrote) is wrong."""
+
+
+def read_json(
+    path: Path, what: str, error: type[MatsegError] = DataError, hint: str = "check the path"
+) -> Any:
+    """A JSON file's content; a missing, undecodable or malformed file is one ``error`` line."""
+    if not path.is_file():
+        raise error(str(path), what, "no such file", hint)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(str(path), "valid JSON", f"a syntax error ({exc})", "fix the JSON") from None
 
 
 class DownloadError(MatsegError):

@@ -8,14 +8,13 @@ starting profile can explain itself (``matseg profile init``). Unknown keys are 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from matseg.datasets.spec import DatasetSpec, load_spec, spec_from_dict
-from matseg.errors import SpecError
+from matseg.errors import SpecError, read_json
 
 Difficulty = Literal["Easy", "Moderate", "Hard", "Very Hard"]
 Loss = Literal["ce", "dice", "ce+dice"]
@@ -153,14 +152,7 @@ def profile_problems(data: Any) -> list[str]:
 
 def read_profile_json(path: Path) -> Any:
     """The raw JSON of a profile file, with one-line errors for missing or broken files."""
-    if not path.is_file():
-        raise SpecError(str(path), "a profile JSON file", "no such file", "matseg profile init")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpecError(
-            str(path), "valid JSON", f"a syntax error ({exc})", "fix the JSON"
-        ) from None
+    return read_json(path, "a profile JSON file", SpecError, "matseg profile init")
 
 
 def load_profile(path: Path | str) -> Profile:

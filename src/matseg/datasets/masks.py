@@ -7,7 +7,6 @@ mask array as stored; polygon encodings (COCO, VIA) take the polygons of one ima
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from matseg.datasets.spec import (
     ThresholdEncoding,
     ViaEncoding,
 )
-from matseg.errors import DataError
+from matseg.errors import DataError, read_json
 
 # --- polygons -----------------------------------------------------------------------------------
 
@@ -54,14 +53,7 @@ class PolygonIndex:
 
 
 def _load_json(path: Path) -> object:
-    if not path.is_file():
-        raise DataError(str(path), "an annotation JSON file", "no such file", "check the spec")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(
-            str(path), "valid JSON", f"a syntax error ({exc})", "re-export it"
-        ) from None
+    return read_json(path, "an annotation JSON file", hint="check the spec")
 
 
 def read_coco(paths: list[Path], categories: dict[int, int] | None) -> PolygonIndex:

@@ -7,7 +7,6 @@ Python written. Paths inside a spec are relative to the spec file's folder.
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from matseg.errors import SpecError
+from matseg.errors import SpecError, read_json
 
 
 class Modality(StrEnum):
@@ -304,14 +303,7 @@ def spec_from_dict(
 def load_spec(path: Path | str) -> DatasetSpec:
     """Read and validate a dataset spec JSON file."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(str(path), "a dataset spec JSON file", "no such file", "check the path")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpecError(
-            str(path), "valid JSON", f"a syntax error ({exc})", "fix the JSON"
-        ) from None
+    data = read_json(path, "a dataset spec JSON file", SpecError)
     if not isinstance(data, dict):
         raise SpecError(str(path), "a JSON object", type(data).__name__, "a spec is {...}")
     return spec_from_dict(data, where=str(path), base_dir=path.resolve().parent)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from PIL import Image
 
 from matseg.datasets.discover import Item, Problem
 from matseg.datasets.spec import DatasetSpec
-from matseg.errors import DataError
+from matseg.errors import DataError, read_json
 
 SPLITS = ("train", "val", "test")
 _ALIASES = {
@@ -100,10 +99,7 @@ def _read_manifest(path: Path, spec: DatasetSpec) -> dict[str, str]:
                 "other",
             )
         return {r[spec.split.name_field]: r[spec.split.split_field] for r in rows}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(str(path), "valid JSON", f"a syntax error ({exc})") from None
+    data = read_json(path, "a split manifest")
     if isinstance(data, dict):  # {split: [names]}
         return {str(n): str(s) for s, names in data.items() for n in names}
     if not isinstance(data, list):

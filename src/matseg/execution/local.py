@@ -16,7 +16,7 @@ from typing import Any
 from matseg.atomic import write_json
 from matseg.errors import SpecError
 from matseg.execution.job import METRICS_FILE, PreparedData, prepare_dataset, run_job
-from matseg.plan import Job, Plan, compile_plan
+from matseg.plan import Plan, compile_plan
 from matseg.profile import Profile, resolve_datasets
 from matseg.results import read_job_metrics, write_results
 
@@ -80,8 +80,3 @@ def run_profile(
     }
     summary.rows = write_results(folder, plan.jobs, metrics_by_job)
     return summary
-
-
-def finished_jobs(folder: Path, jobs: list[Job]) -> list[str]:
-    """Hashes of the jobs whose metrics.json exists in a run folder."""
-    return [j.hash for j in jobs if (folder / "jobs" / j.hash / METRICS_FILE).exists()]

@@ -163,18 +163,22 @@ def _shape(x: ClassIds) -> tuple[int, ...]:
     return tuple(x.shape) if _is_tensor(x) else np.shape(x)
 
 
+def _check_same_shape(pred: ClassIds, target: ClassIds, where: str) -> None:
+    if _shape(pred) != _shape(target):
+        raise MetricsError(
+            where,
+            "pred and target of the same shape",
+            f"{_shape(pred)} and {_shape(target)}",
+            "squeeze a channel axis or argmax the logits over the class axis first",
+        )
+
+
 def _batch_confusions(
     preds: ClassIds, targets: ClassIds, num_classes: int, ignore_index: int | None, where: str
 ) -> np.ndarray | torch.Tensor:
     """Shared body: flatten (N, ...) inputs to (N, P) and dispatch on numpy / torch."""
     _check_num_classes(where, num_classes)
-    if _shape(preds) != _shape(targets):
-        raise MetricsError(
-            where,
-            "pred and target of the same shape",
-            f"{_shape(preds)} and {_shape(targets)}",
-            "squeeze a channel axis or argmax the logits over the class axis first",
-        )
+    _check_same_shape(preds, targets, where)
     n = _shape(preds)[0]
     if _is_tensor(preds) or _is_tensor(targets):
         return _torch_confusions(
@@ -203,13 +207,7 @@ def confusion_matrix(
     other target or prediction outside ``[0, K)`` raises :class:`MetricsError`.
     """
     where = "confusion_matrix"
-    if _shape(pred) != _shape(target):
-        raise MetricsError(
-            where,
-            "pred and target of the same shape",
-            f"{_shape(pred)} and {_shape(target)}",
-            "squeeze a channel axis or argmax the logits over the class axis first",
-        )
+    _check_same_shape(pred, target, where)
     p = pred.reshape(1, -1) if _is_tensor(pred) else np.asarray(pred).reshape(1, -1)
     t = target.reshape(1, -1) if _is_tensor(target) else np.asarray(target).reshape(1, -1)
     cm = _batch_confusions(p, t, num_classes, ignore_index, where)[0]

@@ -281,6 +281,12 @@ class _NewEpochCrops(L.Callback):
         self.crops.epoch = trainer.current_epoch
 
 
+def uses_channels_last(training: dict[str, Any]) -> bool:
+    """The profile's channels_last, defaulting to on with bf16 (where it pays on CPU)."""
+    value = training.get("channels_last")
+    return training["precision"] == "bf16-mixed" if value is None else bool(value)
+
+
 # --- one job ------------------------------------------------------------------------------------
 
 
@@ -311,9 +317,7 @@ def fit(
     """Train with early stopping on validation IoU; return the model with its best weights."""
     L.seed_everything(seed, workers=True, verbose=False)
     precision = training["precision"]
-    channels_last = training.get("channels_last")
-    if channels_last is None:
-        channels_last = precision == "bf16-mixed"
+    channels_last = uses_channels_last(training)
     patch = training["patch_size"]
     length = training.get("crops_per_epoch") or crops_per_epoch(train, patch)
     crops = RandomCrops(train, patch, length, seed, training["augment"], ignore_index)

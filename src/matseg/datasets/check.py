@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from matseg.datasets.dataset import DecodeCache, MicrographDataset, plan_tiles
 from matseg.datasets.discover import Discovery, Item, Problem, discover
 from matseg.datasets.infer import infer_encoding
+from matseg.datasets.loading import ItemLoader
 from matseg.datasets.readers import normalise
 from matseg.datasets.spec import POLYGON_ENCODINGS, DatasetSpec
 from matseg.datasets.splits import (
@@ -99,6 +100,7 @@ class Inspection:
     problems: list[Problem] = field(default_factory=list)
     encoding_source: str = "spec"
     encoding_reason: str = "given in the spec"
+    cache: DecodeCache | None = None  # what read the items; its loader is shared by dataset()
 
     def dataset(self, cache_dir: Path | None = None) -> MicrographDataset:
         """The readable items as a tiled dataset with their splits.
@@ -106,7 +108,8 @@ class Inspection:
         Decoding uses the inspected spec (with any inferred encoding); ``cache_dir`` keeps the
         decoded arrays on disk for the epochs after the first.
         """
-        cache = DecodeCache(self.spec, cache_dir)
+        loader = self.cache.loader if self.cache is not None else None
+        cache = DecodeCache(self.spec, cache_dir, loader=loader)
         return MicrographDataset(self.spec, plan_tiles(self.spec, self.split.splits, cache), cache)
 
 
@@ -162,7 +165,8 @@ def inspect_dataset(
         result.problems.append(
             Problem("note", "encoding", f"inferred: {type(spec.encoding).__name__} ({reason})")
         )
-    cache = DecodeCache(spec, cache_dir)
+    cache = DecodeCache(spec, cache_dir, loader=ItemLoader(spec, found.polygons))
+    result.cache = cache
     good: list[Item] = []
     for n, item in enumerate(found.items):
         try:

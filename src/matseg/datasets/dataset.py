@@ -82,10 +82,16 @@ class DecodeCache:
     decoded items stay in memory, so the tiles of one large micrograph decode it once.
     """
 
-    def __init__(self, spec: DatasetSpec, folder: Path | None, recent: int = 2) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        folder: Path | None,
+        recent: int = 2,
+        loader: ItemLoader | None = None,
+    ) -> None:
         self.spec = spec
         self.folder = folder
-        self.loader = ItemLoader(spec)
+        self.loader = loader or ItemLoader(spec)
         self._recent: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._recent_size = recent
         if folder is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from matseg.datasets.masks import load_polygon_index
+from matseg.datasets.masks import PolygonIndex, load_polygon_index
 from matseg.datasets.readers import SIDECAR_EXTENSIONS, is_supported, probe_shape
 from matseg.datasets.spec import POLYGON_ENCODINGS, DatasetSpec
 from matseg.errors import DataError, SpecError
@@ -51,6 +51,7 @@ class Discovery:
     unpaired_images: list[Path] = field(default_factory=list)
     unpaired_masks: list[Path] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    polygons: PolygonIndex | None = None  # read once here, reused by the loader
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -178,7 +179,8 @@ def discover(spec: DatasetSpec) -> Discovery:
     polygon = spec.encoding is not None and spec.encoding.type in POLYGON_ENCODINGS
     annotated: set[str] | None = None
     if polygon and spec.encoding is not None:
-        annotated = load_polygon_index(spec.encoding, spec.resolve).names()
+        result.polygons = load_polygon_index(spec.encoding, spec.resolve)
+        annotated = result.polygons.names()
     if spec.masks is None or polygon:
         for path in images:
             if annotated is not None and path.name not in annotated:

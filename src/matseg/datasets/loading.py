@@ -38,11 +38,13 @@ class Decoded:
 class ItemLoader:
     """Reads the items of one dataset spec."""
 
-    def __init__(self, spec: DatasetSpec, volume_cache_size: int = 2) -> None:
+    def __init__(
+        self, spec: DatasetSpec, polygons: PolygonIndex | None = None, volume_cache_size: int = 2
+    ) -> None:
         self.spec = spec
         self.encoding = spec.encoding or IndexEncoding()
-        self.polygons: PolygonIndex | None = None
-        if self.encoding.type in POLYGON_ENCODINGS:
+        self.polygons = polygons
+        if self.polygons is None and self.encoding.type in POLYGON_ENCODINGS:
             self.polygons = load_polygon_index(self.encoding, spec.resolve)
         self._volumes: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._volume_cache_size = volume_cache_size

@@ -22,11 +22,12 @@ from PIL import Image
 from matseg import __version__, metrics
 from matseg.atomic import write_bytes, write_json
 from matseg.datasets.check import Inspection, inspect_dataset, report
+from matseg.datasets.dataset import MicrographDataset
 from matseg.datasets.spec import spec_from_dict
 from matseg.errors import DataError
 from matseg.models import build_model, save_weights
 from matseg.plan import Job
-from matseg.training import fit, predict
+from matseg.training import fit, predict, uses_channels_last
 
 METRICS_FILE = "metrics.json"
 
@@ -39,7 +40,7 @@ class PreparedData:
     classes: list[str]
     in_channels: int
     train_frequencies: np.ndarray
-    cache_dir: Path | None = None
+    dataset: MicrographDataset  # every split, built once per run and shared by the jobs
 
 
 def prepare_dataset(job: Job, cache_dir: Path | None) -> PreparedData:
@@ -69,7 +70,8 @@ def prepare_dataset(job: Job, cache_dir: Path | None) -> PreparedData:
         for cls, n in (ins.stats[key].class_counts or {}).items():
             if 0 <= cls < len(classes):
                 counts[cls] += n
-    return PreparedData(ins, classes, channels.pop(), counts / max(counts.sum(), 1), cache_dir)
+    frequencies = counts / max(counts.sum(), 1)
+    return PreparedData(ins, classes, channels.pop(), frequencies, ins.dataset(cache_dir))
 
 
 def _png(mask: np.ndarray) -> bytes:
@@ -109,7 +111,7 @@ def evaluate_split(
     channels_last: bool,
 ) -> dict[str, Any]:
     """Predict a split once, write the masks, and score them (with baselines on the same images)."""
-    dataset = data.inspection.dataset(data.cache_dir).split(split)
+    dataset = data.dataset.split(split)
     spec = data.inspection.spec
     k = len(data.classes)
     results = predict(model, dataset, job.training["precision"], channels_last)
@@ -176,8 +178,7 @@ def run_job(
             job.weights_url,
         )
         logger.info("weights: %s", weights)
-        everything = data.inspection.dataset(data.cache_dir)
-        train, val = everything.split("train"), everything.split("val")
+        train, val = data.dataset.split("train"), data.dataset.split("val")
         fitted = fit(
             model,
             train,
@@ -199,9 +200,7 @@ def run_job(
         )
         save_weights(fitted.model, folder / "model.safetensors")
         write_bytes(folder / "curves.csv", _curves_csv(fitted.history))
-        channels_last = job.training.get("channels_last")
-        if channels_last is None:
-            channels_last = job.training["precision"] == "bf16-mixed"
+        channels_last = uses_channels_last(job.training)
         evaluations = {
             split: evaluate_split(fitted.model, data, split, job, folder, channels_last)
             for split in data.inspection.split.splits

@@ -7,7 +7,7 @@ goal for: data loading per batch after the first epoch / training step <= 5%.
 
     python benchmarks/data_pipeline.py                 # real data (tbm_grain_256) if present
     python benchmarks/data_pipeline.py --synthetic     # generated data only
-    python benchmarks/data_pipeline.py --spec examples/ampis_powder_particles.json --no-model
+    python benchmarks/data_pipeline.py --spec examples/ampis-powder-particles.json --no-model
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _dataset_spec(use_synthetic: bool, workdir: Path, spec_path: Path | None) ->
         return load_spec(spec_path)
     shared = Path(os.environ.get("MATSEG_SHARED_DATA", ROOT.parent / "shared" / "data"))
     if not use_synthetic and (shared / "tbm_grain_256").is_dir():
-        spec = load_spec(ROOT / "examples" / "tbm_grain_256.json")
+        spec = load_spec(ROOT / "examples" / "tbm-grain-256.json")
         return spec.model_copy(update={"root": str(shared / "tbm_grain_256")})
     return load_spec(write_synthetic_dataset(workdir / "synthetic", n_images=64, size=256, seed=0))
 

@@ -98,7 +98,7 @@ def _test_iou(model: torch.nn.Module, ins, precision: str) -> tuple[float, float
 
 def iou_comparison(minutes: float) -> None:
     shared = Path(os.environ.get("MATSEG_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    spec = load_spec(ROOT / "examples" / "nasa_super.json")
+    spec = load_spec(ROOT / "examples" / "nasa-super.json")
     spec = spec.model_copy(update={"root": str(shared / "nasa_super")})
     ins = inspect_dataset(spec)
     train = ins.dataset().split("train")

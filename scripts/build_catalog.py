@@ -233,7 +233,7 @@ DATASETS: list[dict[str, Any]] = [
     },
     {
         "name": "ampis_powder_sem",
-        "example_spec": "examples/ampis_powder_particles.json",
+        "example_spec": "examples/ampis-powder-particles.json",
         "title": "Additive-manufacturing metal powder SEM (particles and satellites)",
         "modality": "SEM",
         "material": "additive-manufacturing metal powder",
@@ -336,7 +336,9 @@ def build_entry(meta: dict[str, Any], data_root: Path) -> dict[str, Any]:
             }
         )
     entry = {k: v for k, v in meta.items() if k != "upstream"}
-    entry["example_spec"] = meta.get("example_spec", f"examples/{meta['name']}.json")
+    entry["example_spec"] = meta.get(
+        "example_spec", f"examples/{meta['name'].replace('_', '-')}.json"
+    )
     entry["files"] = files
     return entry
 

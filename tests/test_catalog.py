@@ -340,7 +340,7 @@ def test_cli_download_then_check_the_downloaded_copy(
     assert got.exit_code == 0, got.output
     folder = cache / "datasets" / "tbm_grain_256"
     assert len(list((folder / "images").glob("*.png"))) == 80
-    spec = Path(__file__).resolve().parents[1] / "examples" / "tbm_grain_256.json"
+    spec = Path(__file__).resolve().parents[1] / "examples" / "tbm-grain-256.json"
     checked = runner.invoke(app, ["datasets", "check", str(spec), "--root", str(folder), "--json"])
     assert checked.exit_code == 0, checked.output
     assert '"n_pairs": 80' in checked.stdout

@@ -156,7 +156,7 @@ def test_datasets_info_shows_licence(run: Invoke) -> None:
     assert result.exit_code == 0
     assert "licence" in result.stdout and "MIT" in result.stdout
     assert "Stuckner" in result.stdout
-    assert "examples/nasa_super.json" in result.stdout
+    assert "examples/nasa-super.json" in result.stdout
 
 
 def test_datasets_info_unknown_name(run: Invoke) -> None:

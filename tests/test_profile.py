@@ -113,7 +113,7 @@ def test_cli_profile_commands(tmp_path: Path) -> None:
     runner = CliRunner()
     path = tmp_path / "start.json"
     got = runner.invoke(
-        app, ["profile", "init", str(path), "--dataset", str(ROOT / "examples" / "nasa_super.json")]
+        app, ["profile", "init", str(path), "--dataset", str(ROOT / "examples" / "nasa-super.json")]
     )
     assert got.exit_code == 0 and path.exists()
     assert runner.invoke(app, ["profile", "init", str(path)]).exit_code == 2  # no silent overwrite

@@ -23,7 +23,7 @@ from matseg.datasets.tiling import tile_windows
 pytestmark = pytest.mark.realdata
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SPEC_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+SPEC_NAMES = sorted(p.stem.replace("-", "_") for p in EXAMPLES.glob("*.json"))
 
 # name -> (pairs, unpaired images, classes present)
 EXPECTED = {
@@ -48,7 +48,7 @@ MELTPOOL_SLICES = {
 
 def _spec(shared_data: Path, name: str) -> DatasetSpec:
     """The example spec with its root pointed at the shared data folder actually found."""
-    spec = load_spec(EXAMPLES / f"{name}.json")
+    spec = load_spec(EXAMPLES / f"{name.replace('_', '-')}.json")
     root = shared_data / Path(spec.root).name
     return spec.model_copy(update={"root": str(root)})
 

@@ -304,7 +304,7 @@ def profile_init(
         "profile.json"
     ),
     dataset: Annotated[str, typer.Option(help="Dataset spec the profile points at.")] = (
-        "examples/nasa_super.json"
+        "examples/nasa-super.json"
     ),
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:

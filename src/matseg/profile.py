@@ -192,7 +192,7 @@ def profile_json_schema() -> dict[str, Any]:
     return Profile.model_json_schema(by_alias=True)
 
 
-def starting_profile(dataset: str = "examples/nasa_super.json") -> dict[str, Any]:
+def starting_profile(dataset: str = "examples/nasa-super.json") -> dict[str, Any]:
     """A commented starting profile: the paper protocol with a CPU-friendly grid."""
     return {
         "$comment": "matseg profile: datasets x encoders x decoders x seeds under one protocol. "

@@ -33,6 +33,11 @@ profile_app = typer.Typer(
     help="Write, validate and describe benchmark profiles.", no_args_is_help=True
 )
 app.add_typer(profile_app, name="profile")
+qc_app = typer.Typer(
+    help="Quality control: flag out-of-distribution inputs and atypical predictions.",
+    no_args_is_help=True,
+)
+app.add_typer(qc_app, name="qc")
 
 # Pipes and logs get a wide console (rich would assume 80 columns and squash the tables).
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -45,6 +50,11 @@ def _friendly_errors() -> Iterator[None]:
         yield
     except MatsegError as exc:
         err.print(f"[bold red]error[/]: {exc.line()}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:  # the qc modules' input checks: one line naming what was wrong
+        if not str(exc).startswith(("qc ", "matseg.", "forte", "knn", "mahalanobis", "ensemble")):
+            raise
+        err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -401,6 +411,147 @@ def run_command(
 
     with _friendly_errors():
         _run_and_report(load_profile(profile), out_dir, resume)
+
+
+# --- quality control ----------------------------------------------------------------------------
+
+RunOption = Annotated[Path, typer.Option("--run", help="Run folder (runs/<name>-<hash>).")]
+JobOption = Annotated[
+    str | None, typer.Option("--job", help="Job hash or prefix (default: best validation IoU).")
+]
+
+
+def _qc_settings(run: Path, extractors: list[str] | None, detector: str | None) -> Any:
+    from matseg.qc.workflow import run_settings
+
+    settings = run_settings(run)
+    update: dict[str, Any] = {}
+    if extractors:
+        update["extractors"] = extractors
+    if detector:
+        update["detector"] = detector
+    return settings.model_copy(update=update)
+
+
+def _qc_table(result: dict[str, Any]) -> Table:
+    chosen = result["verdict"]["detector"]
+    table = Table(title=f"quality control of {result['job_label']} (score: typicality)")
+    for col in ("scenario", "detector", "AUROC", "FPR@95TPR", "AUPR-In", "AUPR-Out", "F1*", "prec*",
+                "imgs flagged", "max-F1 (oracle)"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("scenario", "detector") else "right")
+    for group in ("scenarios", "synthetic"):
+        for name, reports in result[group].items():
+            for det, r in reports.items():
+                style = "bold" if det == chosen else "dim"
+                table.add_row(
+                    name, det, f"{r['auroc']:.3f}", f"{r['fpr_at_95_tpr']:.3f}",
+                    f"{r['aupr_in']:.3f}", f"{r['aupr_out']:.3f}", f"{r['f1']:.3f}",
+                    f"{r['precision']:.3f}", f"{r['ood_images_flagged']:.0%}",
+                    f"{r['oracle_max_f1']:.3f}", style=style,
+                )  # fmt: skip
+    return table
+
+
+def _print_qc(result: dict[str, Any]) -> None:
+    out.print(_qc_table(result))
+    chosen = result["verdict"]["detector"]
+    out.print(
+        f"* at the threshold fixed on validation ({result['settings']['accept']:.0%} accepted): "
+        f"same-distribution test images flagged "
+        f"{result['id_test_images_flagged'].get(chosen, float('nan')):.0%}, patches "
+        f"{result['id_test_patches_flagged'][chosen]:.1%}",
+        highlight=False,
+    )
+    v = result["verdict"]
+    state = "[bold green]READY[/]" if v["ready"] else "[bold red]NOT READY[/]"
+    out.print(f"deployment readiness ({v['detector']}, AUROC >= {v['ready_auroc']}): {state}: "
+              f"{v['reason']}", highlight=False)  # fmt: skip
+
+
+@qc_app.command("fit")
+def qc_fit(
+    run: RunOption,
+    job: JobOption = None,
+    extractor: Annotated[
+        list[str] | None, typer.Option("--extractor", help="Extractors (repeat); default: profile.")
+    ] = None,
+    detector: Annotated[str | None, typer.Option(help="Detector behind the verdict.")] = None,
+    shifts: Annotated[bool, typer.Option(help="Also evaluate synthetic shifts.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print qc.json instead.")] = False,
+) -> None:
+    """Fit typicality on the job's training patches; evaluate its declared shifts and outputs."""
+    from matseg.qc.outputs import output_qc
+    from matseg.qc.workflow import evaluate_qc, fit_qc, load_job
+
+    with _friendly_errors():
+        say = (lambda m: None) if as_json else (lambda m: err.print(m, highlight=False))
+        loaded = load_job(run, job, _qc_settings(run, extractor, detector))
+        fitted = fit_qc(loaded, progress=say)
+        result = evaluate_qc(fitted, synthetic=shifts, progress=say)
+        outputs = output_qc(loaded)
+        if as_json:
+            out.print_json(data={"input": result, "output": outputs})
+            return
+        _print_qc(result)
+        worst = sorted(outputs["images"], key=lambda r: r["score"])[:5]
+        out.print(
+            f"output QC (mask morphology): Spearman(typicality, IoU) = "
+            f"{outputs['spearman_typicality_vs_iou']:.2f}; least typical: "
+            + ", ".join(f"{r['image']} (IoU {r['iou']:.2f})" for r in worst),
+            highlight=False,
+        )
+        out.print(f"written: {loaded.folder}", highlight=False)
+
+
+@qc_app.command("evaluate")
+def qc_evaluate(
+    run: RunOption,
+    ood: Annotated[
+        list[str], typer.Option("--ood", help="Dataset spec or image folder of a shift (repeat).")
+    ],
+    job: JobOption = None,
+    shifts: Annotated[bool, typer.Option(help="Also evaluate synthetic shifts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """AUROC, FPR@95, AUPR-In/Out, F1 and precision at the fixed threshold; readiness verdict."""
+    from matseg.qc.workflow import evaluate_qc, load_fitted, load_job
+
+    with _friendly_errors():
+        say = (lambda m: None) if as_json else (lambda m: err.print(m, highlight=False))
+        fitted = load_fitted(load_job(run, job))
+        result = evaluate_qc(fitted, ood, synthetic=shifts, progress=say)
+        if as_json:
+            out.print_json(data=result)
+        else:
+            _print_qc(result)
+
+
+@qc_app.command("score")
+def qc_score(
+    run: RunOption,
+    images: Annotated[list[Path], typer.Argument(help="Images or folders to score.")],
+    job: JobOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Typicality and flag of each new image, each scored on its own (streaming)."""
+    from matseg.qc.workflow import load_fitted, load_job, score_new_images
+
+    with _friendly_errors():
+        fitted = load_fitted(load_job(run, job))
+        rows = score_new_images(fitted, images)
+        if as_json:
+            out.print_json(data=rows)
+            return
+        table = Table(title=f"typicality ({rows[0]['detector']}, threshold {rows[0]['threshold']})")
+        for col in ("image", "score", "flagged", "patches flagged"):
+            table.add_column(col)
+        for r in rows:
+            flag = "[bold red]ATYPICAL[/]" if r["flagged"] else "ok"
+            table.add_row(
+                r["image"], f"{r['score']:.3f}", flag, f"{r['patches_flagged']}/{r['patches']}"
+            )
+        out.print(table)
+        out.print(f"written: {fitted.loaded.folder / 'new_scores.csv'}", highlight=False)
 
 
 # --- demo ---------------------------------------------------------------------------------------

@@ -97,9 +97,42 @@ class Training(_Block):
 
 
 class QualityControl(_Block):
-    """Out-of-distribution quality control (filled in by the quality-control step)."""
+    """Out-of-distribution quality control: typicality of inputs (and of predicted masks).
+
+    Images are cut into ``patch_size`` patches (at most ``max_patches_per_image`` each); the
+    extractors embed them; ``detector`` scores typicality (higher = more in-distribution) and
+    decides the flags and the verdict, ``compare`` lists the detectors reported beside it. The
+    flag threshold is fixed on the validation split BEFORE any shifted data is seen: ``accept``
+    of its patches are accepted. An image is flagged when its median patch score is below the
+    threshold. The run is ready for deployment when the AUROC against every declared scenario
+    (``scenarios``: dataset specs or image folders, plus the dataset's own extra splits) reaches
+    ``ready_auroc``.
+    """
 
     enabled: bool = False
+    extractors: list[str] = Field(default_factory=lambda: ["encoder"], min_length=1)
+    detector: str = "knn"
+    compare: list[str] = Field(
+        default_factory=lambda: [
+            "forte",
+            "forte-kde",
+            "forte-ocsvm",
+            "mahalanobis",
+            "knn",
+            "ensemble",
+        ]
+    )
+    k: int = Field(default=5, ge=1)
+    patch_size: int = Field(default=128, ge=16)
+    max_patches_per_image: int = Field(default=64, ge=1)
+    accept: float = Field(default=0.95, gt=0, lt=1)
+    ready_auroc: float = Field(default=0.95, gt=0, le=1)
+    scenarios: list[str] = Field(default_factory=list, description="specs or folders of shifts")
+    synthetic_shifts: bool = True
+    weights: dict[str, str] = Field(
+        default_factory=dict, description="extractor name -> local weights file or folder"
+    )
+    seed: int = 0
 
 
 class Explain(_Block):

@@ -1,0 +1,1 @@
+"""Quality control: embeddings, typicality statistics, OOD detectors and their evaluation."""

@@ -193,6 +193,12 @@ class Forte:
     often constant on ID data, which makes an unscaled full-covariance GMM degenerate.
     ``components``: ``bic`` (1..``max_components`` by BIC), ``paper`` (BIC over 1, 2, 4, ... 64),
     or a fixed number.
+
+    ``margins`` (default on, matseg's robust variant) adds two continuous columns per extractor,
+    the log distance ratios that precision and coverage threshold (see ``typicality.MARGINS``):
+    without them every far-away point has all-zero statistics, exactly like a mildly atypical
+    in-distribution point, and ties with it. ``forte-paper`` in the registry is the faithful
+    method: four raw statistics, no standardisation, BIC over the paper's component grid.
     """
 
     k: int = 5
@@ -205,6 +211,7 @@ class Forte:
     reg_covar: float = 1e-3
     holdout: float = 1 / 3
     mode: Literal["streaming", "batch"] = "streaming"
+    margins: bool = True
     seed: int = 0
 
     def split(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -240,7 +247,8 @@ class Forte:
                 radii = kth_neighbour_radii(x, self.k)  # inside the scored set itself
             else:
                 radii = distance_to_kth_neighbour(x, self.anchors_[name], self.k)
-            parts.append(prdc_statistics(self.references_[name], x, radii))
+            stats = prdc_statistics(self.references_[name], x, radii, margins=self.margins)
+            parts.append(stats)
         return np.concatenate(parts, axis=1)
 
     def _scale(self, stats: np.ndarray) -> np.ndarray:
@@ -301,7 +309,7 @@ class Forte:
         return OneClassSVM(nu=best_nu, gamma="scale").fit(z)
 
     def statistics(self, emb: Embeddings) -> np.ndarray:
-        """The raw [recall, density, precision, coverage] x extractors of each query."""
+        """The raw [recall, density, precision, coverage (, margins)] x extractors per query."""
         check_embeddings(emb, "forte.statistics", self.anchors_)
         return self._statistics(emb)
 
@@ -350,6 +358,9 @@ DetectorFactory = Callable[..., Any]
 
 DETECTORS: dict[str, DetectorFactory] = {
     "forte": lambda seed=0, **kw: Forte(seed=seed, **kw),
+    "forte-paper": lambda seed=0, **kw: Forte(
+        seed=seed, margins=False, standardise=False, components="paper", reg_covar=1e-6, **kw
+    ),
     "forte-kde": lambda seed=0, **kw: Forte(density="kde", seed=seed, **kw),
     "forte-ocsvm": lambda seed=0, **kw: Forte(density="ocsvm", seed=seed, **kw),
     "mahalanobis": lambda seed=0, **kw: _PerExtractor(Mahalanobis(), seed=seed),

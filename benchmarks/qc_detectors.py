@@ -110,9 +110,14 @@ def xct_cement_vs_fibres(seeds: list[int], extractors: list[str], patch: int) ->
     }
     print("\nXCT cement (ID) vs fibre composite: AUROC / ID test flagged, mean+-sd over seeds")
     for ext in extractors:
-        extractor = make_extractor(ext, ExtractorContext())
-        emb = {k: extractor.embed(cut_patches(v, patch, 4, 0).arrays) for k, v in parts.items()}
-        ood = extractor.embed(cut_patches(fibres, patch, 4, 0).arrays)
+        models = [make_extractor(e, ExtractorContext()) for e in ext.split("+")]
+
+        def embed(images: list, models: list = models) -> dict[str, np.ndarray]:
+            arrays = cut_patches(images, patch, 4, 0).arrays
+            return {m.name: m.embed(arrays) for m in models}
+
+        emb = {k: embed(v) for k, v in parts.items()}
+        ood = embed(fibres)
         for det in DETECTORS:
             aurocs, shares = [], []
             for seed in seeds:
@@ -136,10 +141,12 @@ def main() -> None:
     )
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--max-patches", type=int, default=48)
+    parser.add_argument("--skip-run", action="store_true", help="only the XCT table")
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"skipped: real data not found at {SHARED}")
-    run_grid(args.run, args.seeds, args.extractors, args.patch, args.max_patches)
+    if not args.skip_run:
+        run_grid(args.run, args.seeds, args.extractors, args.patch, args.max_patches)
     xct_cement_vs_fibres(args.seeds, [e for e in args.extractors if "encoder" not in e], args.patch)
 
 

@@ -150,3 +150,25 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
         == first_mtime
     )
     assert _metric_rows(folder) == _metric_rows(ref_folder)
+
+
+def test_d4_test_time_augmentation_is_exactly_equivariant() -> None:
+    """Averaging over the 8 turns and mirrors makes the prediction turn with the image."""
+    import torch
+
+    from matseg.models import build_model
+    from matseg.training import predict_probabilities
+
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", "unet", 1, 3)
+    model.eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        base = predict_probabilities(model, x, False, "d4")
+        turned = predict_probabilities(model, torch.rot90(x, 1, (2, 3)), False, "d4")
+        mirrored = predict_probabilities(model, torch.flip(x, (2,)), False, "d4")
+        plain = predict_probabilities(model, x, False, "none")
+    torch.testing.assert_close(turned, torch.rot90(base, 1, (2, 3)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mirrored, torch.flip(base, (2,)), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(plain, base)  # an untrained net is not equivariant by itself
+    torch.testing.assert_close(base.sum(dim=1), torch.ones(1, 64, 64))

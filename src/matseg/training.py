@@ -380,9 +380,38 @@ def fit(
     )
 
 
+# Test-time augmentation: the dihedral views a micrograph has no preferred one of (nnU-Net
+# mirrors at test time by default). Each view is (quarter turns, mirror left-right).
+TTA_VIEWS = {
+    "none": [(0, False)],
+    "flips": [(0, False), (0, True), (2, False), (2, True)],
+    "d4": [(r, f) for r in range(4) for f in (False, True)],
+}
+
+
+def predict_probabilities(
+    model: torch.nn.Module, x: torch.Tensor, channels_last: bool, tta: str = "none"
+) -> torch.Tensor:
+    """Class probabilities (N, K, H, W), averaged over the test-time views of ``tta``."""
+    total = None
+    for turns, mirror in TTA_VIEWS[tta]:
+        view = torch.rot90(x, turns, (2, 3))
+        view = torch.flip(view, (3,)) if mirror else view
+        prob = predict_logits(model, view, channels_last).float().softmax(dim=1)
+        prob = torch.flip(prob, (3,)) if mirror else prob
+        prob = torch.rot90(prob, -turns, (2, 3))
+        total = prob if total is None else total + prob
+    assert total is not None
+    return total / len(TTA_VIEWS[tta])
+
+
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, images: MicrographDataset, precision: str, channels_last: bool
+    model: torch.nn.Module,
+    images: MicrographDataset,
+    precision: str,
+    channels_last: bool,
+    tta: str = "none",
 ) -> list[tuple[Sample, np.ndarray]]:
     """Hard predictions (class ids) for whole images, with their samples."""
     model.eval()
@@ -393,7 +422,7 @@ def predict(
         sample = images[i]
         x = torch.from_numpy(sample.image)[None]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            logits = predict_logits(model, x, channels_last)
-        out.append((sample, logits.float().argmax(dim=1)[0].numpy().astype(np.int64)))
+            prob = predict_probabilities(model, x, channels_last, tta)
+        out.append((sample, prob.argmax(dim=1)[0].numpy().astype(np.int64)))
     model.to(memory_format=torch.contiguous_format)
     return out

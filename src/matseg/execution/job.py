@@ -114,7 +114,8 @@ def evaluate_split(
     dataset = data.dataset.split(split)
     spec = data.inspection.spec
     k = len(data.classes)
-    results = predict(model, dataset, job.training["precision"], channels_last)
+    tta = job.training.get("tta", "none")
+    results = predict(model, dataset, job.training["precision"], channels_last, tta)
     confusions = np.zeros((len(results), k, k), dtype=np.int64)
     counts = np.zeros((len(results), k), dtype=np.int64)
     per_image = []

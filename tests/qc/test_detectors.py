@@ -1,4 +1,4 @@
-"""OOD detectors: Forte's protocol and robustness, the baselines against brute force, the registry."""
+"""OOD detectors: Forte protocol and robustness, baselines against brute force, the registry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature extractors: shapes, what they are sensitive to, and clear errors when weights are absent."""
+"""Feature extractors: shapes, what they see, and clear errors when weights are absent."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_mask_morphology_counts_objects() -> None:
     mask[5:10, 5:10] = 1
     mask[20:30, 20:30] = 1
     feats = mask_morphology(mask, 2)
-    # [edge density] + per class [fraction, boundary density, objects per 1e4 px, log median, log max]
+    # [edge density] + per class [fraction, boundary, objects per 1e4 px, log median, log max]
     assert feats[1 + 5] == pytest.approx((25 + 100) / 1600)
     assert feats[1 + 5 + 2] == pytest.approx(1e4 * 2 / 1600)
     assert feats[1 + 5 + 4] == pytest.approx(np.log1p(100))

@@ -123,6 +123,7 @@ class QualityControl(_Block):
     compare: list[str] = Field(
         default_factory=lambda: [
             "forte",
+            "forte-paper",
             "forte-kde",
             "forte-ocsvm",
             "mahalanobis",

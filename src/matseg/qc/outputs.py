@@ -153,9 +153,9 @@ def _figure(rows: list[tuple[str, np.ndarray, np.ndarray, float, float]], k: int
                 interpolation="nearest",
             )
             ax.set_axis_off()
-            ax.set_title(title if r == 0 else "", fontsize=9)
+            ax.set_title(title if r == 0 and c > 0 else "", fontsize=9)
         axes[r, 0].set_title(
-            f"{name}\nIoU {iou:.3f}, typicality {score:.2f}", fontsize=8, loc="left"
+            f"prediction: {name}\nIoU {iou:.3f}, typicality {score:.2f}", fontsize=8, loc="left"
         )
     fig.tight_layout()
     buf = io.BytesIO()

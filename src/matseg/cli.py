@@ -390,6 +390,8 @@ def _run_and_report(profile: Any, out_dir: Path, resume: bool) -> Path:
     out.print(
         _results_table(best_rows(summary.rows), "best per dataset by validation IoU (Table 2)")
     )
+    for quality in summary.quality:
+        _print_qc_result(quality)
     out.print(
         f"run folder: {summary.folder}  "
         f"(trained {len(summary.trained)}, reused {len(summary.skipped)})",
@@ -480,27 +482,30 @@ def qc_fit(
     as_json: Annotated[bool, typer.Option("--json", help="Print qc.json instead.")] = False,
 ) -> None:
     """Fit typicality on the job's training patches; evaluate its declared shifts and outputs."""
-    from matseg.qc.outputs import output_qc
-    from matseg.qc.workflow import evaluate_qc, fit_qc, load_job
+    from matseg.qc.pipeline import run_quality_control
 
     with _friendly_errors():
         say = (lambda m: None) if as_json else (lambda m: err.print(m, highlight=False))
-        loaded = load_job(run, job, _qc_settings(run, extractor, detector))
-        fitted = fit_qc(loaded, progress=say)
-        result = evaluate_qc(fitted, synthetic=shifts, progress=say)
-        outputs = output_qc(loaded)
+        settings = _qc_settings(run, extractor, detector)
+        result = run_quality_control(run, job, settings, synthetic=shifts, progress=say)
         if as_json:
-            out.print_json(data={"input": result, "output": outputs})
+            out.print_json(data={"input": result["input"], "output": result["output"]})
             return
-        _print_qc(result)
-        worst = sorted(outputs["images"], key=lambda r: r["score"])[:5]
-        out.print(
-            f"output QC (mask morphology): Spearman(typicality, IoU) = "
-            f"{outputs['spearman_typicality_vs_iou']:.2f}; least typical: "
-            + ", ".join(f"{r['image']} (IoU {r['iou']:.2f})" for r in worst),
-            highlight=False,
-        )
-        out.print(f"written: {loaded.folder}", highlight=False)
+        _print_qc_result(result)
+
+
+def _print_qc_result(result: dict[str, Any]) -> None:
+    """Input QC table and verdict, then the output QC summary and where the files are."""
+    _print_qc(result["input"])
+    outputs = result["output"]
+    worst = sorted(outputs["images"], key=lambda r: r["score"])[:5]
+    out.print(
+        f"output QC (mask morphology): Spearman(typicality, IoU) = "
+        f"{outputs['spearman_typicality_vs_iou']:.2f}; least typical: "
+        + ", ".join(f"{r['image']} (IoU {r['iou']:.2f})" for r in worst),
+        highlight=False,
+    )
+    out.print(f"written: {result['folder']}", highlight=False)
 
 
 @qc_app.command("evaluate")

@@ -20,7 +20,6 @@ from matseg.qc.workflow import (
     cut_patches,
     evaluate_qc,
     fit_qc,
-    grid_windows,
     load_fitted,
     load_job,
     score_new_images,
@@ -64,9 +63,9 @@ def grains_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_grid_windows_cover_the_image_flush() -> None:
-    assert grid_windows(64, 64, 32) == [(0, 0), (0, 32), (32, 0), (32, 32)]
-    assert grid_windows(70, 32, 32)[-1] == (38, 0)  # last row flush with the edge
+def test_patches_cover_the_image_flush() -> None:
+    patches = cut_patches([("a", np.zeros((1, 70, 32), np.float32))], 32, 10, 0)
+    assert [(w.y, w.x) for w in patches.windows] == [(0, 0), (32, 0), (38, 0)]  # last row flush
     patches = cut_patches([("a", np.zeros((1, 20, 40), np.float32))], 32, 10, 0)
     assert patches.arrays.shape == (2, 1, 32, 32)  # padded to the patch, two columns
 
@@ -130,3 +129,19 @@ def test_cli_qc_commands(run: Path, grains_folder: Path) -> None:
     assert sc.exit_code == 0 and "g1" in sc.output
     bad = runner.invoke(app, ["qc", "score", "--run", str(run), "--job", "zzz", str(grains_folder)])
     assert bad.exit_code == 2 and "--job zzz" in bad.output
+
+
+def test_run_with_qc_enabled_checks_the_best_job(run: Path, tmp_path: Path) -> None:
+    """``qc.enabled`` in the profile: ``matseg run`` fits and evaluates QC of the best job."""
+    profile = json.loads((run / "profile.json").read_text())
+    profile["qc"] = {**QC, "enabled": True, "compare": ["knn"]}
+    profile["datasets"] = [json.loads((run / "plan.json").read_text())["jobs"][0]["spec"]]
+    (tmp_path / "p.json").write_text(json.dumps(profile))
+    summary = run_profile(load_profile(tmp_path / "p.json"), tmp_path / "runs", progress_bar=False)
+    assert len(summary.quality) == 1
+    folder = Path(summary.quality[0]["folder"])
+    assert (folder / "qc.json").is_file() and (folder / "output_qc.json").is_file()
+    again = run_profile(
+        load_profile(tmp_path / "p.json"), tmp_path / "runs", resume=True, progress_bar=False
+    )
+    assert again.quality == []  # kept on resume, not redone

@@ -141,7 +141,7 @@ def _relative_folder(path: Path, spec: DatasetSpec, location: str) -> str:
     return rel.as_posix() if str(rel) != "." else ""
 
 
-def _expand(path: Path, mask: Path | None, spec: DatasetSpec, folder: str) -> list[Item]:
+def expand_file(path: Path, mask: Path | None, spec: DatasetSpec, folder: str) -> list[Item]:
     """One file -> items: itself, or one per slice (volumes) / frame (sequences)."""
     kind = spec.reader.kind
     group = group_of(path.stem, spec.split.group_pattern)
@@ -191,7 +191,7 @@ def discover(spec: DatasetSpec) -> Discovery:
                 continue
             try:
                 result.items.extend(
-                    _expand(path, None, spec, _relative_folder(path, spec, spec.images))
+                    expand_file(path, None, spec, _relative_folder(path, spec, spec.images))
                 )
             except DataError as exc:
                 result.problems.append(Problem("error", exc.where, exc.detail()))
@@ -211,7 +211,7 @@ def discover(spec: DatasetSpec) -> Discovery:
         used.add(mask.stem)
         try:
             result.items.extend(
-                _expand(path, mask, spec, _relative_folder(path, spec, spec.images))
+                expand_file(path, mask, spec, _relative_folder(path, spec, spec.images))
             )
         except DataError as exc:
             result.problems.append(Problem("error", exc.where, exc.detail()))

@@ -18,7 +18,7 @@ from matseg.errors import SpecError
 from matseg.execution.job import METRICS_FILE, PreparedData, prepare_dataset, run_job
 from matseg.plan import Plan, compile_plan
 from matseg.profile import Profile, resolve_datasets
-from matseg.results import read_job_metrics, write_results
+from matseg.results import best_rows, read_job_metrics, write_results
 
 Progress = Callable[[str, int, int], None]
 
@@ -32,6 +32,7 @@ class RunSummary:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    quality: list[dict[str, Any]] = field(default_factory=list)  # qc of best jobs, when enabled
 
 
 def run_folder(profile: Profile, plan: Plan, out: Path) -> Path:
@@ -79,4 +80,9 @@ def run_profile(
         job.hash: read_job_metrics(jobs_dir / job.hash / METRICS_FILE) for job in plan.jobs
     }
     summary.rows = write_results(folder, plan.jobs, metrics_by_job)
+    if profile.qc.enabled:  # quality control of the best job per dataset (kept on --resume)
+        from matseg.qc.pipeline import quality_control_for_run  # scikit-learn only when asked
+
+        best = list(dict.fromkeys(row["job"] for row in best_rows(summary.rows)))
+        summary.quality = quality_control_for_run(folder, best)
     return summary

@@ -62,8 +62,6 @@ SHIFT_PARAMETERS: dict[str, str] = {
 
 def blur(image: Image, strength: float, rng: np.random.Generator) -> Image:
     """Defocus / a larger probe: Gaussian blur of sigma ``4 * strength`` px over (H, W)."""
-    if strength == 0:
-        return image.copy()
     sigma = 4.0 * strength
     x = image.astype(np.float64)
     out = ndimage.gaussian_filter(x, sigma=(0.0, sigma, sigma), mode="reflect")
@@ -72,8 +70,6 @@ def blur(image: Image, strength: float, rng: np.random.Generator) -> Image:
 
 def noise(image: Image, strength: float, rng: np.random.Generator) -> Image:
     """A noisier detector: additive Gaussian noise of std ``strength`` x the channel's std."""
-    if strength == 0:
-        return image.copy()
     x = image.astype(np.float64)
     std = x.std(axis=(1, 2), keepdims=True)
     out = x + strength * std * rng.standard_normal(x.shape)
@@ -82,8 +78,6 @@ def noise(image: Image, strength: float, rng: np.random.Generator) -> Image:
 
 def contrast(image: Image, strength: float, rng: np.random.Generator) -> Image:
     """Lower contrast (detector gain): scale about the channel mean by ``1 - 0.75 * strength``."""
-    if strength == 0:
-        return image.copy()
     x = image.astype(np.float64)
     mean = x.mean(axis=(1, 2), keepdims=True)
     out = mean + (1.0 - 0.75 * strength) * (x - mean)
@@ -97,8 +91,6 @@ def gamma(image: Image, strength: float, rng: np.random.Generator) -> Image:
     gamma (midtones darken), and mapped back to the original [min, max], so the range is kept
     and only the tone curve changes.
     """
-    if strength == 0:
-        return image.copy()
     x = image.astype(np.float64)
     lo = x.min(axis=(1, 2), keepdims=True)
     span = x.max(axis=(1, 2), keepdims=True) - lo
@@ -113,8 +105,6 @@ def resolution(image: Image, strength: float, rng: np.random.Generator) -> Image
     Downsampling is anti-aliased (``skimage.transform.resize``), upsampling bilinear; the
     coarse grid has ``max(1, round(H / factor))`` x ``max(1, round(W / factor))`` pixels.
     """
-    if strength == 0:
-        return image.copy()
     factor = 1.0 + 7.0 * strength
     c, h, w = image.shape
     coarse_shape = (c, max(1, round(h / factor)), max(1, round(w / factor)))
@@ -131,8 +121,6 @@ def drift(image: Image, strength: float, rng: np.random.Generator) -> Image:
     from 0 to 1 across the image along a direction drawn from ``rng`` (the same for every
     channel). Nothing moves: the shift is in intensity only.
     """
-    if strength == 0:
-        return image.copy()
     x = image.astype(np.float64)
     _, h, w = x.shape
     angle = rng.uniform(0.0, 2.0 * math.pi)
@@ -189,4 +177,6 @@ def apply_shift(image: Image, name: str, strength: float, seed: int = 0) -> Imag
     s = _check_strength(strength, where)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ValueError(f"{where}: seed: expected an int, found {seed!r}")
+    if s == 0:
+        return img.copy()
     return SHIFTS[name](img, s, np.random.default_rng(int(seed)))

@@ -7,7 +7,7 @@ OOD metrics with the TEST split as the in-distribution side -> a readiness verdi
 
 Everything lands in ``<run>/qc/<job>/``: ``embeddings.npz`` (the fitted state: detectors are
 refitted from it, deterministically, instead of pickling estimators), ``qc.json`` (settings,
-threshold, scenario reports, verdict), ``scores.csv`` (per image) and ``patches.csv``.
+threshold, scenario reports, verdict) and ``scores.csv`` (per image).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from matseg.atomic import write_bytes, write_json
-from matseg.datasets.discover import _expand
+from matseg.datasets.discover import expand_file
 from matseg.datasets.loading import ItemLoader, resize_pair
 from matseg.datasets.readers import is_supported, normalise
 from matseg.datasets.spec import DatasetSpec, load_spec
+from matseg.datasets.tiling import Window, cut, tile_windows
 from matseg.errors import DataError, SpecError, read_json
 from matseg.execution.job import METRICS_FILE, PreparedData, prepare_dataset
 from matseg.models import build_model, load_weights
@@ -38,7 +38,6 @@ from matseg.qc.evaluation import OODReport, acceptance_threshold, evaluate_score
 from matseg.qc.extractors import ExtractorContext, make_extractor
 from matseg.qc.shifts import SHIFTS, STRENGTHS, apply_shift
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 QC_FILE = "qc.json"
 EMBEDDINGS_FILE = "embeddings.npz"
@@ -114,42 +113,29 @@ def load_job(
 
 @dataclass
 class Patches:
-    """Patches (N, C, s, s) of whole images, each knowing its image."""
+    """Patches (N, C, s, s) of whole images, each knowing its image and window."""
 
     arrays: np.ndarray
     owners: list[str]  # image key per patch
-    windows: list[tuple[int, int]]  # (y, x) of each patch in its image
-
-    def images(self) -> list[str]:
-        return list(dict.fromkeys(self.owners))
-
-
-def grid_windows(h: int, w: int, size: int) -> list[tuple[int, int]]:
-    """Non-overlapping ``size`` windows covering the image, the last row / column flush."""
-    ys = sorted({*range(0, max(h - size, 0) + 1, size), max(h - size, 0)})
-    xs = sorted({*range(0, max(w - size, 0) + 1, size), max(w - size, 0)})
-    return [(y, x) for y in ys for x in xs]
+    windows: list[Window]  # where each patch lies in its image
 
 
 def cut_patches(
     images: Iterable[tuple[str, np.ndarray]], size: int, max_per_image: int, seed: int
 ) -> Patches:
-    """Grid patches of each (key, (C, H, W) image); at most ``max_per_image``, chosen seeded."""
+    """Non-overlapping tiles of each (key, (C, H, W)) image, the last row / column flush (the
+    dataset layer's tiling; smaller images padded); at most ``max_per_image``, chosen seeded."""
     arrays, owners, windows = [], [], []
     rng = np.random.default_rng(seed)
     for key, image in images:
-        h, w = image.shape[-2:]
-        if h < size or w < size:
-            pad = ((0, 0), (0, max(size - h, 0)), (0, max(size - w, 0)))
-            image = np.pad(image, pad, mode="reflect" if min(h, w) > 1 else "edge")
-            h, w = image.shape[-2:]
-        grid = grid_windows(h, w, size)
+        grid = tile_windows(int(image.shape[-2]), int(image.shape[-1]), size)
         if len(grid) > max_per_image:
             grid = [grid[i] for i in sorted(rng.choice(len(grid), max_per_image, replace=False))]
-        for y, x in grid:
-            arrays.append(np.asarray(image[:, y : y + size, x : x + size], dtype=np.float32))
+        for window in grid:
+            patch, _ = cut(np.asarray(image), None, window, 0)
+            arrays.append(patch.astype(np.float32, copy=False))
             owners.append(key)
-            windows.append((y, x))
+            windows.append(window)
     if not arrays:
         raise DataError("quality control", "at least one image", "none")
     return Patches(np.stack(arrays), owners, windows)
@@ -180,7 +166,7 @@ def read_images(spec: DatasetSpec, paths: Sequence[Path]) -> list[tuple[str, np.
         raise DataError(", ".join(map(str, paths)), "supported image files", "none")
     out = []
     for path in files:
-        for item in _expand(path, None, unlabelled, ""):
+        for item in expand_file(path, None, unlabelled, ""):
             decoded = loader.load(item)
             image, _ = resize_pair(decoded.image, None, spec.tiling)
             out.append((item.key, normalise(image, spec.normalise)))
@@ -336,7 +322,7 @@ def load_fitted(loaded: LoadedJob) -> FittedQC:
     }
     id_test = {n: d.score_samples(get("test")) for n, d in detectors.items()}
     owners = [str(o) for o in saved["test/owners"]]
-    test = Patches(np.zeros((len(owners), 0, 0, 0), np.float32), owners, [(0, 0)] * len(owners))
+    test = Patches(np.zeros((len(owners), 0, 0, 0), np.float32), owners, [])
     return FittedQC(loaded, detectors, thresholds, id_test, test)
 
 

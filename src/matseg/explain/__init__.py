@@ -1,0 +1,1 @@
+"""Counterfactual influence heatmaps inside the expert's region, and their faithfulness."""

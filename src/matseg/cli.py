@@ -52,7 +52,8 @@ def _friendly_errors() -> Iterator[None]:
         err.print(f"[bold red]error[/]: {exc.line()}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except ValueError as exc:  # the qc modules' input checks: one line naming what was wrong
-        if not str(exc).startswith(("qc ", "matseg.", "forte", "knn", "mahalanobis", "ensemble")):
+        prefixes = ("qc ", "explain", "matseg.", "forte", "knn", "mahalanobis", "ensemble")
+        if not str(exc).startswith(prefixes):
             raise
         err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -557,6 +558,64 @@ def qc_score(
             )
         out.print(table)
         out.print(f"written: {fitted.loaded.folder / 'new_scores.csv'}", highlight=False)
+
+
+# --- explanations -------------------------------------------------------------------------------
+
+
+@app.command("explain")
+def explain_command(
+    run: RunOption,
+    image: Annotated[Path, typer.Option("--image", help="The micrograph to explain.")],
+    roi: Annotated[
+        str | None,
+        typer.Option(help="Region A: mask image, COCO / VIA polygon JSON, or y0,x0,y1,x1."),
+    ] = None,
+    job: JobOption = None,
+    kernel: Annotated[str, typer.Option(help="Perturbation: blur, mean, zero or noise.")] = "blur",
+    window: Annotated[int, typer.Option(help="Window size in pixels.")] = 16,
+    stride: Annotated[int, typer.Option(help="Window step (1: exact mode).")] = 8,
+    target: Annotated[str, typer.Option(help="Compare probabilities or mask.")] = "probabilities",
+    precision: Annotated[str, typer.Option(help="32 (exact) or bf16-mixed (faster).")] = "32",
+    faithful: Annotated[bool, typer.Option(help="Run the deletion-curve check.")] = True,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Counterfactual influence heatmap H of one image inside the expert's region A."""
+    from matseg.explain.run import explain_image
+
+    if target not in ("probabilities", "mask"):
+        err.print(f"[bold red]error[/]: --target: expected probabilities or mask, found {target}")
+        raise typer.Exit(2)
+    with _friendly_errors(), _progress("perturbed windows", not as_json) as bar:
+        result = explain_image(
+            run, image, roi, job, kernel, window, stride, target,  # type: ignore[arg-type]
+            precision, out_dir, faithful, progress=bar,
+        )  # fmt: skip
+    if as_json:
+        out.print_json(data=result)
+        return
+    conc = result["concentration"]
+    out.print(
+        f"{result['job_label']}: {result['windows_run']} windows run, "
+        f"{result['windows_skipped_out_of_reach']} out of reach, {result['seconds']:.1f} s "
+        f"(batch {result['batch_size']}, {result['precision']})\n"
+        f"H inside A: {conc['roi_share']:.0%} of the mass on {conc['roi_area']:.0%} of the image; "
+        f"on predicted boundaries: {conc['boundary_share']:.0%} on {conc['boundary_area']:.0%}",
+        highlight=False,
+    )
+    faith = result["faithfulness"]
+    if faith:
+        rows = ", ".join(
+            f"{100 * q:g}%: {t:.3f} vs {r:.3f}"
+            for q, t, r in zip(faith["fractions"], faith["top"], faith["random"], strict=True)
+        )
+        out.print(
+            f"faithfulness (change inside A, top-H blocks vs random): {rows}; "
+            f"AUC ratio {faith['auc_ratio']:.2f}",
+            highlight=False,
+        )
+    out.print(f"written: {result['folder']}", highlight=False)
 
 
 # --- demo ---------------------------------------------------------------------------------------

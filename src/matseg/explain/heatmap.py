@@ -126,9 +126,7 @@ def _reaching(
     up, down, left, right = footprint
     h, w = roi.shape
     # output rows a window [y, y + window) can touch: [y - up, y + window - 1 + down]
-    rows = np.flatnonzero(roi.any(axis=1))
-    cols = np.flatnonzero(roi.any(axis=0))
-    if rows.size == 0:
+    if not roi.any():
         return np.zeros((len(ys), len(xs)), dtype=bool)
     reach = np.zeros((len(ys), len(xs)), dtype=bool)
     # integral image of the region, for "any region pixel in this rectangle"
@@ -215,7 +213,15 @@ def counterfactual_heatmap(
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     by, bx = bounding_box(region)
     area = torch.from_numpy(region[by, bx].astype(np.float32))
-    clean = forward(x)[0][:, by, bx] * area
+    # The unperturbed prediction, computed in a batch of the same size as the perturbed ones:
+    # low-precision kernels may round differently for another batch size, and in bf16 that
+    # rounding noise, summed over A, would swamp the real changes.
+    cleans: dict[int, torch.Tensor] = {}
+
+    def clean_for(n: int) -> torch.Tensor:
+        if n not in cleans:
+            cleans[n] = forward(x.repeat(n, 1, 1, 1))[:1, :, by, bx] * area
+        return cleans[n]
 
     ys, xs = window_starts(h, window, stride), window_starts(w, window, stride)
     footprint = (h, h, w, w)
@@ -236,7 +242,7 @@ def counterfactual_heatmap(
                 :, ya : ya + window, xb : xb + window
             ]
         out = forward(perturbed)[:, :, by, bx] * area
-        diff = (out - clean).abs().sum(dim=(1, 2, 3)).double().numpy()
+        diff = (out - clean_for(len(chunk))).abs().sum(dim=(1, 2, 3)).double().numpy()
         for n, (a, b) in enumerate(chunk):
             scores[a, b] = diff[n]
         if progress is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,9 @@ from matseg.datasets.readers import is_supported, normalise
 from matseg.datasets.spec import DatasetSpec, load_spec
 from matseg.datasets.tiling import Window, cut, tile_windows
 from matseg.errors import DataError, SpecError, read_json
-from matseg.execution.job import METRICS_FILE, PreparedData, prepare_dataset
-from matseg.models import build_model, load_weights
-from matseg.plan import Job, Plan
+from matseg.execution.job import PreparedData
+from matseg.execution.trained import load_trained
+from matseg.plan import Job
 from matseg.profile import QualityControl
 from matseg.qc.detectors import Embeddings, make_detector
 from matseg.qc.evaluation import OODReport, acceptance_threshold, evaluate_scores
@@ -61,35 +60,6 @@ class LoadedJob:
         return self.run / "qc" / self.job.hash
 
 
-def read_plan(run: Path) -> Plan:
-    """The run's plan.json (one-line error when ``run`` is not a run folder)."""
-    data = read_json(
-        run / "plan.json", "a run folder with plan.json", SpecError, "matseg run P.json"
-    )
-    return Plan.model_validate(data)
-
-
-def choose_job(run: Path, job: str | None) -> Job:
-    """The named job (a hash or its prefix), or the finished job with the best validation IoU."""
-    plan = read_plan(run)
-    finished = [j for j in plan.jobs if (run / "jobs" / j.hash / METRICS_FILE).exists()]
-    if not finished:
-        raise SpecError(str(run), "a run with at least one finished job", "none finished")
-    if job is not None:
-        matches = [j for j in finished if j.hash.startswith(job)]
-        if len(matches) != 1:
-            names = ", ".join(f"{j.hash} ({j.label()})" for j in finished)
-            raise SpecError(
-                f"--job {job}", f"one finished job of {run.name}", f"{len(matches)}: {names}"
-            )
-        return matches[0]
-
-    def val_iou(j: Job) -> float:
-        return float(json.loads((run / "jobs" / j.hash / METRICS_FILE).read_text())["best_val_iou"])
-
-    return max(finished, key=val_iou)
-
-
 def run_settings(run: Path) -> QualityControl:
     """The ``qc`` block of the run's profile (defaults when the profile has none)."""
     data = read_json(run / "profile.json", "the run's profile.json", SpecError)
@@ -100,12 +70,8 @@ def load_job(
     run: Path, job: str | None = None, settings: QualityControl | None = None
 ) -> LoadedJob:
     """The trained model (weights from the job's safetensors) and its dataset, ready to embed."""
-    chosen = choose_job(run, job)
-    data = prepare_dataset(chosen, run / "cache" / chosen.dataset)
-    model, _ = build_model(chosen.encoder, chosen.decoder, data.in_channels, len(data.classes))
-    load_weights(model, run / "jobs" / chosen.hash / "model.safetensors")
-    model.eval()
-    return LoadedJob(run, chosen, model, data, settings or run_settings(run))
+    trained = load_trained(run, job)
+    return LoadedJob(run, trained.job, trained.model, trained.data, settings or run_settings(run))
 
 
 # --- patches ------------------------------------------------------------------------------------
@@ -189,8 +155,6 @@ def scenario_images(
             sample = dataset[i]
             seen.setdefault(sample.meta.key, sample.image)
         return spec.name, list(seen.items())
-    if fallback is None:
-        raise SpecError(source, "a dataset spec (.json) for this scenario", "a folder or file")
     if fallback is None:
         raise SpecError(source, "a dataset spec (.json) for this scenario", "a folder or file")
     return path.name, read_images(fallback, [path])

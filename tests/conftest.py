@@ -109,3 +109,39 @@ class DataMaker:
 def data_maker(tmp_path: Path) -> DataMaker:
     """A :class:`DataMaker` rooted at ``tmp_path / 'ds'``."""
     return DataMaker(tmp_path / "ds")
+
+
+# Quality-control settings of the tiny run (small patches, fast detectors).
+TINY_QC = {
+    "extractors": ["encoder", "classical"],
+    "detector": "knn",
+    "compare": ["forte", "mahalanobis", "knn"],
+    "patch_size": 32,
+    "max_patches_per_image": 8,
+    "synthetic_shifts": False,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-job run on synthetic particles (resnet18-UNet, two epochs), with TINY_QC.
+
+    Shared by the quality-control and explanation tests; they only read it (and write their
+    own qc/ and explain/ sub-folders).
+    """
+    from matseg.datasets.synthetic import write_synthetic_dataset
+    from matseg.execution.local import run_profile
+    from matseg.profile import load_profile
+
+    root = tmp_path_factory.mktemp("tinyrun")
+    write_synthetic_dataset(root / "data", kind="particles", n_images=24, size=64, seed=0)
+    profile = {
+        "name": "tiny",
+        "datasets": ["data/dataset.json"],
+        "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
+        "training": {"batch_size": 4, "max_epochs": 2, "patch_size": 64},
+        "qc": TINY_QC,
+    }
+    (root / "profile.json").write_text(json.dumps(profile))
+    summary = run_profile(load_profile(root / "profile.json"), root / "runs", progress_bar=False)
+    return summary.folder

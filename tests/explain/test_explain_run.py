@@ -13,29 +13,16 @@ from typer.testing import CliRunner
 
 from matseg.cli import app
 from matseg.datasets.spec import spec_from_dict
-from matseg.datasets.synthetic import write_synthetic_dataset
 from matseg.errors import DataError
-from matseg.execution.local import run_profile
 from matseg.explain.faithfulness import faithfulness
 from matseg.explain.heatmap import counterfactual_heatmap
 from matseg.explain.roi import read_image, region_of_interest
 from matseg.explain.run import explain_image
-from matseg.profile import load_profile
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("explainrun")
-    write_synthetic_dataset(root / "data", kind="particles", n_images=16, size=64, seed=0)
-    profile = {
-        "name": "explain-tiny",
-        "datasets": ["data/dataset.json"],
-        "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
-        "training": {"batch_size": 4, "max_epochs": 2, "patch_size": 64},
-    }
-    (root / "profile.json").write_text(json.dumps(profile))
-    summary = run_profile(load_profile(root / "profile.json"), root / "runs", progress_bar=False)
-    return summary.folder
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def _spec(tmp_path: Path, **crop: int):

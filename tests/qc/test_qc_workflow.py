@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from matseg.cli import app
-from matseg.datasets.synthetic import generate, write_synthetic_dataset
+from matseg.datasets.synthetic import generate
 from matseg.execution.local import run_profile
 from matseg.profile import load_profile
 from matseg.qc.evaluation import acceptance_threshold
@@ -25,32 +25,10 @@ from matseg.qc.workflow import (
     score_new_images,
 )
 
-QC = {
-    "extractors": ["encoder", "classical"],
-    "detector": "knn",
-    "compare": ["forte", "mahalanobis", "knn"],
-    "patch_size": 32,
-    "max_patches_per_image": 8,
-    "synthetic_shifts": False,
-}
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished one-job run on synthetic particles (resnet18-UNet, two epochs)."""
-    root = tmp_path_factory.mktemp("qcrun")
-    write_synthetic_dataset(root / "data", kind="particles", n_images=24, size=64, seed=0)
-    profile = {
-        "name": "qc-tiny",
-        "datasets": ["data/dataset.json"],
-        "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
-        "training": {"batch_size": 4, "max_epochs": 2, "patch_size": 64},
-        "qc": QC,
-    }
-    (root / "profile.json").write_text(json.dumps(profile))
-    return run_profile(
-        load_profile(root / "profile.json"), root / "runs", progress_bar=False
-    ).folder
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +78,7 @@ def test_threshold_accepts_the_validation_share(run: Path) -> None:
     loaded = load_job(run)
     fitted = fit_qc(loaded)
     saved = np.load(loaded.folder / "embeddings.npz")
-    val = {e: saved[f"val/{e}"] for e in QC["extractors"]}
+    val = {e: saved[f"val/{e}"] for e in loaded.settings.extractors}
     scores = fitted.detectors["knn"].score_samples(val)
     assert fitted.thresholds["knn"] == acceptance_threshold(scores, 0.95)
     assert (scores >= fitted.thresholds["knn"]).mean() >= 0.95
@@ -134,7 +112,7 @@ def test_cli_qc_commands(run: Path, grains_folder: Path) -> None:
 def test_run_with_qc_enabled_checks_the_best_job(run: Path, tmp_path: Path) -> None:
     """``qc.enabled`` in the profile: ``matseg run`` fits and evaluates QC of the best job."""
     profile = json.loads((run / "profile.json").read_text())
-    profile["qc"] = {**QC, "enabled": True, "compare": ["knn"]}
+    profile["qc"] = {**profile["qc"], "enabled": True, "compare": ["knn"]}
     profile["datasets"] = [json.loads((run / "plan.json").read_text())["jobs"][0]["spec"]]
     (tmp_path / "p.json").write_text(json.dumps(profile))
     summary = run_profile(load_profile(tmp_path / "p.json"), tmp_path / "runs", progress_bar=False)

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from matseg import __version__
-from matseg.errors import MatsegError
+from matseg.errors import InputError, MatsegError
 
 app = typer.Typer(
     name="matseg",
@@ -51,10 +51,7 @@ def _friendly_errors() -> Iterator[None]:
     except MatsegError as exc:
         err.print(f"[bold red]error[/]: {exc.line()}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except ValueError as exc:  # the qc modules' input checks: one line naming what was wrong
-        prefixes = ("qc ", "explain", "matseg.", "forte", "knn", "mahalanobis", "ensemble")
-        if not str(exc).startswith(prefixes):
-            raise
+    except InputError as exc:
         err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 

@@ -27,6 +27,14 @@ class MatsegError(Exception):
         return f"{self.where}: {self.detail()}"
 
 
+class InputError(ValueError):
+    """Bad arguments to a numerical function (shapes, ranges, names), its message already one
+    line that says what was expected and found; the CLI prints it without a traceback.
+
+    A ValueError, so code that validates with the standard exception keeps working.
+    """
+
+
 class DataError(MatsegError):
     """A data file (image, mask, annotation, manifest) cannot be used as it is."""
 

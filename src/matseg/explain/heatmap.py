@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from matseg.errors import InputError
 from matseg.explain.kernels import perturbed_source
 from matseg.training import predict_logits
 
@@ -65,7 +66,7 @@ class Heatmap:
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Window starts along one axis: 0, stride, ... while the window fits (Captum's positions)."""
     if window > length:
-        raise ValueError(
+        raise InputError(
             f"explain window: expected at most the image size {length}, found {window}"
         )
     return list(range(0, length - window + 1, stride))
@@ -196,15 +197,15 @@ def counterfactual_heatmap(
     """
     start = time.perf_counter()
     if image.ndim != 3:
-        raise ValueError(f"explain image: expected (C, H, W), found shape {image.shape}")
+        raise InputError(f"explain image: expected (C, H, W), found shape {image.shape}")
     c, h, w = image.shape
     if window < 1 or stride < 1:
-        raise ValueError(f"explain: expected window and stride >= 1, found {window}, {stride}")
+        raise InputError(f"explain: expected window and stride >= 1, found {window}, {stride}")
     region = np.ones((h, w), dtype=bool) if roi is None else np.asarray(roi, dtype=bool)
     if region.shape != (h, w):
-        raise ValueError(f"explain roi: expected the image's size {(h, w)}, found {region.shape}")
+        raise InputError(f"explain roi: expected the image's size {(h, w)}, found {region.shape}")
     if not region.any():
-        raise ValueError("explain roi: expected at least one pixel in the region, found none")
+        raise InputError("explain roi: expected at least one pixel in the region, found none")
     model.eval()
     channels_last = precision == "bf16-mixed" if channels_last is None else channels_last
     if channels_last:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
+from matseg.errors import InputError
+
 Kernel = Callable[[np.ndarray, int, int], np.ndarray]
 
 
@@ -47,5 +49,5 @@ KERNELS: dict[str, Kernel] = {"blur": _blur, "mean": _mean, "zero": _zero, "nois
 def perturbed_source(image: np.ndarray, kernel: str, window: int, seed: int = 0) -> np.ndarray:
     """The image every window is taken from, float32 (C, H, W)."""
     if kernel not in KERNELS:
-        raise ValueError(f"explain kernel: expected one of {', '.join(KERNELS)}, found {kernel!r}")
+        raise InputError(f"explain kernel: expected one of {', '.join(KERNELS)}, found {kernel!r}")
     return KERNELS[kernel](image.astype(np.float32), window, seed).astype(np.float32)

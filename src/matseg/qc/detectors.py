@@ -32,6 +32,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 from sklearn.svm import OneClassSVM
 
+from matseg.errors import InputError
 from matseg.qc.typicality import (
     ReferenceSet,
     distance_to_kth_neighbour,
@@ -48,20 +49,20 @@ OCSVM_NUS = (0.01, 0.05, 0.1, 0.2, 0.5)
 def check_embeddings(emb: Embeddings, where: str, expected: Embeddings | None = None) -> int:
     """Rows must align across extractors (same patches); dims must match the fitted ones."""
     if not emb:
-        raise ValueError(f"{where}: expected embeddings of at least one extractor, found none")
+        raise InputError(f"{where}: expected embeddings of at least one extractor, found none")
     counts = {name: len(x) for name, x in emb.items()}
     if len(set(counts.values())) != 1:
-        raise ValueError(f"{where}: expected the same rows for every extractor, found {counts}")
+        raise InputError(f"{where}: expected the same rows for every extractor, found {counts}")
     for name, x in emb.items():
         if x.ndim != 2 or not np.isfinite(x).all():
-            raise ValueError(
+            raise InputError(
                 f"{where}: expected finite (n, d) embeddings for {name}, found {x.shape}"
             )
         if expected is not None:
             if name not in expected:
-                raise ValueError(f"{where}: extractor {name} was not fitted ({sorted(expected)})")
+                raise InputError(f"{where}: extractor {name} was not fitted ({sorted(expected)})")
             if expected[name].shape[1] != x.shape[1]:
-                raise ValueError(
+                raise InputError(
                     f"{where}: expected dimension {expected[name].shape[1]} for {name}, "
                     f"found {x.shape[1]}"
                 )
@@ -115,7 +116,7 @@ class KNNDistance:
     def fit(self, emb: Embeddings) -> KNNDistance:
         n = check_embeddings(emb, "knn.fit")
         if n < self.k:
-            raise ValueError(f"knn.fit: expected at least k={self.k} ID points, found {n}")
+            raise InputError(f"knn.fit: expected at least k={self.k} ID points, found {n}")
         self.models_ = {
             name: NearestNeighbors(n_neighbors=self.k).fit(self._normalise(x))
             for name, x in emb.items()
@@ -226,7 +227,7 @@ class Forte:
         n = check_embeddings(emb, "forte.fit")
         held, ref, fit = self.split(n)
         if min(len(ref), len(fit)) <= self.k:
-            raise ValueError(
+            raise InputError(
                 f"forte.fit: expected more than k={self.k} points in the reference and fit sets, "
                 f"found {len(ref)} and {len(fit)} from {n} ID points (use more or smaller patches)"
             )
@@ -264,7 +265,7 @@ class Forte:
             return gaussian_kde((z + jitter).T, bw_method=self.kde_bandwidth)  # jitter: rank
         if self.density == "ocsvm":
             return self._fit_ocsvm(z)
-        raise ValueError(f"forte.density: expected gmm, kde or ocsvm, found {self.density!r}")
+        raise InputError(f"forte.density: expected gmm, kde or ocsvm, found {self.density!r}")
 
     def _fit_gmm(self, z: np.ndarray) -> GaussianMixture:
         if isinstance(self.components, int):
@@ -274,7 +275,7 @@ class Forte:
         elif self.components == "bic":
             grid = tuple(range(1, self.max_components + 1))
         else:
-            raise ValueError(
+            raise InputError(
                 f"forte.components: expected bic, paper or a number, found {self.components!r}"
             )
         best, best_bic = None, np.inf
@@ -374,5 +375,5 @@ DETECTORS: dict[str, DetectorFactory] = {
 def make_detector(name: str, seed: int = 0, **options: Any) -> Any:
     """A fresh detector by registry name."""
     if name not in DETECTORS:
-        raise ValueError(f"qc detector: expected one of {', '.join(DETECTORS)}, found {name!r}")
+        raise InputError(f"qc detector: expected one of {', '.join(DETECTORS)}, found {name!r}")
     return DETECTORS[name](seed=seed, **options)

@@ -31,6 +31,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from matseg.errors import InputError
+
 _WHERE = "matseg.qc.evaluation"
 
 #: The conventions in one sentence (stored in every ``OODReport``).
@@ -51,18 +53,18 @@ def _scores(values: ArrayLike, name: str, where: str) -> NDArray[np.float64]:
     try:
         arr = np.asarray(values)
     except (TypeError, ValueError) as exc:  # ragged nested sequences
-        raise ValueError(f"{where}: {name}: expected {expected}, found {exc}") from None
+        raise InputError(f"{where}: {name}: expected {expected}, found {exc}") from None
     if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{where}: {name}: expected {expected}, found dtype {arr.dtype}")
+        raise InputError(f"{where}: {name}: expected {expected}, found dtype {arr.dtype}")
     if arr.ndim != 1:
-        raise ValueError(f"{where}: {name}: expected {expected}, found shape {arr.shape}")
+        raise InputError(f"{where}: {name}: expected {expected}, found shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError(f"{where}: {name}: expected {expected}, found an empty array")
+        raise InputError(f"{where}: {name}: expected {expected}, found an empty array")
     out = arr.astype(np.float64)
     bad = ~np.isfinite(out)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise ValueError(
+        raise InputError(
             f"{where}: {name}: expected {expected}, found {int(bad.sum())} non-finite value(s) "
             f"(first at index {first}: {out[first]})"
         )
@@ -73,7 +75,7 @@ def _fraction(value: Any, name: str, where: str) -> float:
     """A rate in (0, 1] (a TPR to reach, a fraction to accept)."""
     ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
     if not ok or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{where}: {name}: expected a number in (0, 1], found {value!r}")
+        raise InputError(f"{where}: {name}: expected a number in (0, 1], found {value!r}")
     return float(value)
 
 
@@ -81,7 +83,7 @@ def _threshold(value: Any, where: str) -> float:
     """A finite real threshold."""
     ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
     if not ok or not math.isfinite(float(value)):
-        raise ValueError(f"{where}: threshold: expected a finite number, found {value!r}")
+        raise InputError(f"{where}: threshold: expected a finite number, found {value!r}")
     return float(value)
 
 

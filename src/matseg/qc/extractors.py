@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from matseg.errors import ModelError
+from matseg.errors import InputError, ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,7 +60,7 @@ def _batches(patches: np.ndarray, size: int) -> list[np.ndarray]:
 
 def _check_patches(patches: np.ndarray, where: str) -> None:
     if patches.ndim != 4:
-        raise ValueError(f"{where}: expected patches (N, C, H, W), found shape {patches.shape}")
+        raise InputError(f"{where}: expected patches (N, C, H, W), found shape {patches.shape}")
 
 
 # --- the job's encoder ---------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class MaskMorphology:
 
 def _mask_morphology(ctx: ExtractorContext) -> Extractor:
     if ctx.num_classes is None:
-        raise ValueError("extractor 'mask-morphology': expected num_classes, found none")
+        raise InputError("extractor 'mask-morphology': expected num_classes, found none")
     return MaskMorphology(ctx.num_classes)
 
 
@@ -375,5 +375,5 @@ def make_extractor(name: str, ctx: ExtractorContext) -> Extractor:
         return timm_extractor(name.removeprefix("timm:"), ctx)
     if name not in EXTRACTORS:
         known = ", ".join([*EXTRACTORS, "timm:<model>"])
-        raise ValueError(f"qc extractor: expected one of {known}, found {name!r}")
+        raise InputError(f"qc extractor: expected one of {known}, found {name!r}")
     return EXTRACTORS[name](ctx)

@@ -41,6 +41,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.transform import resize
 
+from matseg.errors import InputError
+
 _WHERE = "matseg.qc.shifts"
 
 Image = NDArray[np.floating[Any]]
@@ -149,18 +151,18 @@ SHIFTS: dict[str, Shift] = {
 def _check_image(image: Any, where: str) -> Image:
     expected = "a (C, H, W) floating-point array of finite values"
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"{where}: image: expected {expected}, found {type(image).__name__}")
+        raise InputError(f"{where}: image: expected {expected}, found {type(image).__name__}")
     if image.ndim != 3 or image.dtype.kind != "f" or min(image.shape) < 1:
-        raise ValueError(f"{where}: image: expected {expected}, found {image.dtype} {image.shape}")
+        raise InputError(f"{where}: image: expected {expected}, found {image.dtype} {image.shape}")
     if not np.isfinite(image).all():
-        raise ValueError(f"{where}: image: expected {expected}, found non-finite values")
+        raise InputError(f"{where}: image: expected {expected}, found non-finite values")
     return image
 
 
 def _check_strength(strength: Any, where: str) -> float:
     ok = isinstance(strength, int | float | np.integer | np.floating)
     if isinstance(strength, bool) or not ok or not 0.0 <= float(strength) <= 1.0:
-        raise ValueError(f"{where}: strength: expected a number in [0, 1], found {strength!r}")
+        raise InputError(f"{where}: strength: expected a number in [0, 1], found {strength!r}")
     return float(strength)
 
 
@@ -172,11 +174,11 @@ def apply_shift(image: Image, name: str, strength: float, seed: int = 0) -> Imag
     """
     where = f"{_WHERE}.apply_shift"
     if name not in SHIFTS:
-        raise ValueError(f"{where}: name: expected one of {sorted(SHIFTS)}, found {name!r}")
+        raise InputError(f"{where}: name: expected one of {sorted(SHIFTS)}, found {name!r}")
     img = _check_image(image, where)
     s = _check_strength(strength, where)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise ValueError(f"{where}: seed: expected an int, found {seed!r}")
+        raise InputError(f"{where}: seed: expected an int, found {seed!r}")
     if s == 0:
         return img.copy()
     return SHIFTS[name](img, s, np.random.default_rng(int(seed)))

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from matseg.errors import InputError
+
 __all__ = [
     "STATISTICS",
     "ReferenceSet",
@@ -63,34 +65,34 @@ def _points(name: str, points: object) -> np.ndarray:
     """``points`` as a 2-D array of finite real numbers, or a ValueError naming ``name``."""
     array = np.asarray(points)
     if array.ndim != 2:
-        raise ValueError(
+        raise InputError(
             f"{name}: expected a 2-D array (points x features), found shape {array.shape}"
         )
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(
+        raise InputError(
             f"{name}: expected real numbers (a float array), found dtype {array.dtype}"
         )
     if array.shape[1] == 0:
-        raise ValueError(
+        raise InputError(
             f"{name}: expected at least one feature per point, found shape {array.shape}"
         )
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).any(axis=1).sum())
-        raise ValueError(f"{name}: expected finite values, found NaN or inf in {bad} row(s)")
+        raise InputError(f"{name}: expected finite values, found NaN or inf in {bad} row(s)")
     return array
 
 
 def _check_k(k: object) -> int:
     """``k`` as a positive int, or a ValueError."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k: expected a positive integer, found {k!r}")
+        raise InputError(f"k: expected a positive integer, found {k!r}")
     return int(k)
 
 
 def _check_dims(what: str, expected: int, found: int, against: str) -> None:
     """ValueError when two sets of embeddings differ in their number of features."""
     if expected != found:
-        raise ValueError(
+        raise InputError(
             f"{what}: expected {expected} features per point (as in {against}), "
             f"found {found}; embed both with the same extractor"
         )
@@ -113,7 +115,7 @@ def _chunks(n_rows: int, n_cols: int, chunk_size: int, dtype: torch.dtype) -> It
         or not isinstance(chunk_size, int | np.integer)
         or chunk_size < 1
     ):
-        raise ValueError(f"chunk_size: expected a positive integer, found {chunk_size!r}")
+        raise InputError(f"chunk_size: expected a positive integer, found {chunk_size!r}")
     itemsize = torch.empty((), dtype=dtype).element_size()
     rows = max(1, min(chunk_size, _CHUNK_BYTES // max(1, n_cols * itemsize)))
     for start in range(0, n_rows, rows):
@@ -151,7 +153,7 @@ def kth_neighbour_radii(
     array = _points("points", points)
     n = len(array)
     if n <= k:
-        raise ValueError(
+        raise InputError(
             f"points: expected more than k={k} points to find a k-th neighbour other than "
             f"the point itself, found {n}"
         )
@@ -185,7 +187,7 @@ def distance_to_kth_neighbour(
     anchor_array = _points("anchors", anchors)
     _check_dims("points", anchor_array.shape[1], array.shape[1], "the anchors")
     if len(anchor_array) < k:
-        raise ValueError(
+        raise InputError(
             f"anchors: expected at least k={k} anchor points, found {len(anchor_array)}"
         )
     a = _tensor(anchor_array, dtype)
@@ -213,7 +215,7 @@ class ReferenceSet:
         """Check that the radii belong to the points (one per point)."""
         _check_k(self.k)
         if self.points.ndim != 2 or self.radii.shape != (len(self.points),):
-            raise ValueError(
+            raise InputError(
                 f"ReferenceSet: expected one radius per reference point, found points of shape "
                 f"{self.points.shape} and radii of shape {self.radii.shape}"
             )
@@ -261,7 +263,7 @@ def prdc_statistics(
     n = len(q)
     if query_radii is None:
         if n <= k:
-            raise ValueError(
+            raise InputError(
                 f"queries: expected more than k={k} points in batch mode, found {n}; to score "
                 f"fewer, pass query_radii=distance_to_kth_neighbour(queries, anchors, k)"
             )
@@ -269,13 +271,13 @@ def prdc_statistics(
     else:
         q_radii = np.asarray(query_radii)
         if q_radii.shape != (n,):
-            raise ValueError(
+            raise InputError(
                 f"query_radii: expected shape ({n},) (one radius per query), found {q_radii.shape}"
             )
         if not np.issubdtype(q_radii.dtype, np.number) or not np.isfinite(q_radii).all():
-            raise ValueError("query_radii: expected finite numbers, found NaN, inf or non-numbers")
+            raise InputError("query_radii: expected finite numbers, found NaN, inf or non-numbers")
         if (q_radii < 0).any():
-            raise ValueError("query_radii: expected distances >= 0, found a negative value")
+            raise InputError("query_radii: expected distances >= 0, found a negative value")
 
     r = _tensor(reference.points, dtype)
     r_radii = _tensor(reference.radii, dtype)

@@ -23,7 +23,6 @@ every window. This module keeps the result identical in fp32 and saves work thre
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -278,9 +277,3 @@ def spread(
             total[y : y + window, x : x + window] += scores[a, b]
             count[y : y + window, x : x + window] += 1
     return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-
-
-def relative_change(model_out: torch.Tensor, clean: torch.Tensor) -> float:
-    """||out - clean||_1 / ||clean||_1 inside the region (used by the faithfulness check)."""
-    denom = float(clean.abs().sum())
-    return float((model_out - clean).abs().sum()) / denom if denom > 0 else math.nan

@@ -48,16 +48,15 @@ def read_image(spec: DatasetSpec, path: Path) -> ExplainInput:
     items = expand_file(path, None, unlabelled, "")
     if len(items) != 1:
         raise DataError(str(path), "one 2D image", f"{len(items)} slices or frames", "save one")
-    loader = ItemLoader(unlabelled)
-    raw = loader.read_image(items[0])
-    decoded = loader.load(items[0])
+    decoded = ItemLoader(unlabelled).load(items[0])
     image, _ = resize_pair(decoded.image, None, spec.tiling)
     crop = spec.crop
     bottom = max(crop.bottom, decoded.info_band_rows)
+    h, w = decoded.image.shape[-2:]  # the file's size is the cropped size plus what was cut
     return ExplainInput(
         path,
         normalise(image, spec.normalise),
-        (int(raw.shape[-2]), int(raw.shape[-1])),
+        (int(h) + crop.top + bottom, int(w) + crop.left + crop.right),
         (crop.top, bottom, crop.left, crop.right),
     )
 

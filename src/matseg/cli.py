@@ -392,7 +392,8 @@ def _run_and_report(profile: Any, out_dir: Path, resume: bool) -> Path:
         _print_qc_result(quality)
     out.print(
         f"run folder: {summary.folder}  "
-        f"(trained {len(summary.trained)}, reused {len(summary.skipped)})",
+        f"(trained {len(summary.trained)}, reused {len(summary.skipped)}); "
+        f"report: {summary.report}",
         highlight=False,
     )
     return summary.folder
@@ -619,6 +620,122 @@ def explain_command(
 
 
 DEMO_DECODERS = ("unet", "deeplabv3", "deeplabv3plus")
+
+
+# --- record, report, comparison, recommendation ----------------------------------------------
+
+
+def _print_recommendation(rec: Any) -> None:
+    for d in rec.datasets:
+        out.print(f"[bold]{d.dataset}[/]: use {d.recommended.name} ({d.verdict})", highlight=False)
+        for reason in d.reasons:
+            out.print(f"  - {reason}", highlight=False)
+    out.print(f"across contexts: {rec.contexts.summary}", highlight=False)
+    for f in rec.feedback:
+        state = "ready" if f.ready else "[red]NOT READY[/]"
+        out.print(f"deployment, {f.dataset}: {state}", highlight=False)
+        for a in f.advice:
+            out.print(f"  - {a}", highlight=False)
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[Path, typer.Argument(help="Run folder, or a record.json file.")],
+    refresh: Annotated[
+        bool,
+        typer.Option(help="Rebuild record.json from the run folder first (new QC, heatmaps)."),
+    ] = True,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the report (default: the run).")
+    ] = None,
+) -> None:
+    """(Re)build the evaluation record and the report (HTML, Markdown, CSV tables) of a run."""
+    from matseg.record import write_record
+    from matseg.report import build_report
+
+    with _friendly_errors():
+        if refresh and run.is_dir() and (run / "plan.json").is_file():
+            out.print(f"record: {write_record(run)}", highlight=False)
+        files = build_report(run, out_dir)
+        _print_recommendation(files.recommendation)
+        out.print(f"report: {files.html}  (and {files.markdown.name}, tables/*.csv)",
+                  highlight=False)  # fmt: skip
+
+
+OVERLAP = {True: "yes (may be noise)", False: "no", None: "-"}
+
+
+@app.command("compare")
+def compare_command(
+    run_a: Annotated[Path, typer.Argument(help="First run folder or record.json.")],
+    run_b: Annotated[Path, typer.Argument(help="Second run folder or record.json.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """What changed between two runs: protocol, provenance, IoU, verdicts, recommendations."""
+    from matseg.record import read_record
+    from matseg.report.compare import compare_records
+
+    with _friendly_errors():
+        diff = compare_records(read_record(run_a), read_record(run_b))
+    if as_json:
+        print(json.dumps(diff.to_dict(), indent=2, default=str))
+        return
+    for title, rows in (("profile", diff.profile_changes), ("provenance", diff.provenance_changes)):
+        for key, a, b in rows:
+            out.print(f"{title} {key}: {a!r} -> {b!r}", highlight=False)
+    table = Table(title=f"IoU: {diff.run_a} -> {diff.run_b}", title_justify="left")
+    for col in ("dataset", "combination", "seed", "split", "A", "B", "change", "CIs overlap"):
+        table.add_column(col)
+
+    for c in diff.scores:
+        table.add_row(c.dataset, c.combination, str(c.seed), c.split,
+                      "-" if c.iou_a is None else f"{c.iou_a:.3f}",
+                      "-" if c.iou_b is None else f"{c.iou_b:.3f}",
+                      "-" if c.delta is None else f"{c.delta:+.3f}",
+                      OVERLAP[c.intervals_overlap])  # fmt: skip
+    out.print(table)
+    for label in diff.only_in_a:
+        out.print(f"only in A: {label}", highlight=False)
+    for label in diff.only_in_b:
+        out.print(f"only in B: {label}", highlight=False)
+    for d, a, b in diff.verdicts:
+        out.print(f"QC verdict {d}: {a} -> {b}", highlight=False)
+    for d, a, b in diff.recommendations:
+        out.print(f"recommendation {d}: {a} -> {b}", highlight=False)
+
+
+@app.command("recommend")
+def recommend_command(
+    profile: Annotated[Path, typer.Argument(help="Profile JSON of the new benchmark.")],
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option("--runs", help="Your earlier run folders to learn from (repeat)."),
+    ] = None,
+    top: Annotated[int, typer.Option(help="How many combinations to list.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the suggestion as JSON.")] = False,
+) -> None:
+    """Before training: the combinations to try first, from similar earlier contexts."""
+    from matseg.report.knowledge import suggest_for_profile
+
+    with _friendly_errors():
+        suggestions = suggest_for_profile(profile, list(runs or []))
+    if as_json:
+        print(json.dumps([s.to_dict() for s in suggestions], indent=2))
+        return
+    for s in suggestions:
+        level = f", {s.difficulty}" if s.difficulty else ""
+        material = s.material or "material unstated"
+        out.print(f"[bold]{s.dataset}[/] ({s.modality}, {material}{level})", highlight=False)
+        if s.note:
+            out.print(f"  note: {s.note}", highlight=False)
+        for n, c in enumerate(s.combinations[:top], 1):
+            out.print(f"  {n}. {c.encoder} + {c.decoder}: relative IoU {c.score:.3f} "
+                      f"({c.contexts} context(s))", highlight=False)  # fmt: skip
+        out.print("  drew on:", highlight=False)
+        for m in s.drew_on:
+            why = ", ".join(m.why) or "nothing in common"
+            out.print(f"    - {m.context} (similarity {m.similarity:.2f}: {why}); source: "
+                      f"{m.source}", highlight=False)  # fmt: skip
 
 
 def demo_profile(

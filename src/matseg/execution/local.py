@@ -1,7 +1,8 @@
 """The local executor: a plan's jobs one after another, in a run folder that can resume.
 
 Run folder (see DESIGN.md): ``runs/<profile-name>-<short-hash>/`` with ``profile.json``,
-``plan.json``, ``results.csv``, ``best.csv`` and ``jobs/<job-hash>/``. A job whose
+``plan.json``, ``results.csv``, ``best.csv``, ``record.json``, ``report.html`` and
+``jobs/<job-hash>/``. A job whose
 ``metrics.json`` exists is finished and never redone; an unfinished one restarts from scratch,
 which gives the same numbers because training is seeded.
 """
@@ -33,6 +34,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     quality: list[dict[str, Any]] = field(default_factory=list)  # qc of best jobs, when enabled
+    report: Path | None = None  # report.html, built from record.json
 
 
 def run_folder(profile: Profile, plan: Plan, out: Path) -> Path:
@@ -85,4 +87,9 @@ def run_profile(
 
         best = list(dict.fromkeys(row["job"] for row in best_rows(summary.rows)))
         summary.quality = quality_control_for_run(folder, best)
+    from matseg.record import write_record  # the record and report close every run
+    from matseg.report import build_report
+
+    write_record(folder)
+    summary.report = build_report(folder).html
     return summary

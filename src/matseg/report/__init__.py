@@ -1,0 +1,185 @@
+"""The report: one self-contained HTML file (figures embedded, no network), with the same
+tables as CSV and Markdown, built from a run's evaluation record alone.
+
+``build_report(run)`` reads ``RUN/record.json`` and writes ``report.html``, ``report.md`` and
+``tables/*.csv`` beside it. User-supplied text (task descriptions, names) is escaped by Jinja2's
+autoescaping, and a Content-Security-Policy allowing no script keeps injected markup inert.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matseg.atomic import write_bytes
+from matseg.record import RECORD_FILE, EvaluationRecord, read_record
+from matseg.report import figures
+from matseg.report.recommend import Recommendation, recommend
+from matseg.report.tables import (
+    Table,
+    best_table,
+    explanation_table,
+    grid_table,
+    quality_table,
+    recommendation_table,
+    to_csv,
+    to_markdown,
+)
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    markdown: Path
+    tables: list[Path]
+    recommendation: Recommendation
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def plain_words(record: EvaluationRecord) -> list[str]:
+    """The profile as sentences a materials scientist reads in ten seconds."""
+    profile = record.run.profile
+    task, model, training = (profile.get(k, {}) for k in ("task", "model", "training"))
+    lines = []
+    for d in record.datasets:
+        what = f"{d.name}: {d.modality} images" + (f" of {d.material}" if d.material else "")
+        lines.append(f"{what}, classes {', '.join(d.classes)}.")
+    if task.get("objective"):
+        level = f" (difficulty: {task['difficulty']})" if task.get("difficulty") else ""
+        lines.append(f"Objective: {task['objective']}{level}.")
+    encoders, decoders = model.get("encoders", []), model.get("decoders", [])
+    lines.append(
+        f"Grid: {len(encoders)} encoder(s) ({', '.join(encoders)}) x {len(decoders)} decoder(s) "
+        f"({', '.join(decoders)}), encoder weights '{model.get('weights', '')}', "
+        f"seeds {', '.join(map(str, record.provenance.seeds))}."
+    )
+    budget = (
+        f", at most {training['max_minutes']} minutes per job"
+        if training.get("max_minutes")
+        else ""
+    )
+    tta = training.get("tta", "none")
+    lines.append(
+        f"Protocol: Adam, learning rate {training.get('learning_rate')}, "
+        f"{training.get('scheduler', 'cosine')} schedule, batch {training.get('batch_size')}, "
+        f"{training.get('patch_size')} px random crops, loss {training.get('loss')}, precision "
+        f"{training.get('precision')}, early stopping on validation IoU (patience "
+        f"{training.get('patience')}, at most {training.get('max_epochs')} epochs){budget}; the "
+        "best validation weights are tested once on the held-out test split"
+        + (f" with {tta} test-time augmentation" if tta != "none" else "")
+        + "."
+    )
+    return lines
+
+
+def _figure_uri(run: Path, relative: str | None) -> str | None:
+    if not relative:
+        return None
+    path = run / relative
+    return data_uri(path.read_bytes()) if path.is_file() else None
+
+
+def _charts(record: EvaluationRecord, run: Path) -> list[tuple[str, str]]:
+    charts = []
+    for title, png in (
+        ("Test IoU per combination (95% CI)", figures.iou_by_combination(record)),
+        ("IoU across contexts", figures.spread_across_contexts(record)),
+        ("Training curves", figures.training_curves(record)),
+    ):
+        if png is not None:
+            charts.append((title, data_uri(png)))
+    labels = {j.hash: j.label for j in record.jobs}
+    for job, rel in record.figures.items():
+        uri = _figure_uri(run, rel)
+        if uri:
+            charts.append((f"Sample predictions: {labels.get(job, job)}", uri))
+    return charts
+
+
+def render_html(record: EvaluationRecord, run: Path, rec: Recommendation) -> str:
+    """The report as one HTML string (autoescaped; every figure a data: URI)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("matseg.report", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+    labels = {j.hash: j.label for j in record.jobs}
+    qc_figures = [
+        (f"Output QC: {labels.get(q.job, q.job)}", uri)
+        for q in record.quality
+        if (uri := _figure_uri(run, q.figure))
+    ]
+    explain_figures = [
+        (f"{e.image.rsplit('/', 1)[-1]} ({labels.get(e.job, e.job)})", uri)
+        for e in record.explanations
+        if (uri := _figure_uri(run, e.figure))
+    ]
+    tables: dict[str, Table] = {
+        "best": best_table(record),
+        "grid": grid_table(record),
+        "quality": quality_table(record),
+        "explanations": explanation_table(record),
+    }
+    return env.get_template("report.html.j2").render(
+        record=record,
+        recommendation=rec,
+        plain_words=plain_words(record),
+        tables=tables,
+        charts=_charts(record, run),
+        qc_figures=qc_figures,
+        explain_figures=explain_figures,
+    )
+
+
+def render_markdown(record: EvaluationRecord, rec: Recommendation) -> str:
+    parts: list[Any] = [
+        f"# matseg report: {record.run.name}\n",
+        *[f"- {x}" for x in plain_words(record)],
+        "",
+    ]
+    if record.missing:
+        parts.append(f"This run lacks: {'; '.join(record.missing)}.\n")
+    parts += ["## Recommendation\n", to_markdown(recommendation_table(rec))]
+    for d in rec.datasets:
+        parts += [
+            f"**{d.dataset}**: use {d.recommended.name} ({d.verdict}).",
+            *[f"- {r}" for r in d.reasons],
+            "",
+        ]
+    parts.append(f"Across contexts: {rec.contexts.summary}.\n")
+    for f in rec.feedback:
+        state = "ready" if f.ready else "NOT READY"
+        parts += [f"Deployment feedback, {f.dataset}: {state}.", *[f"- {a}" for a in f.advice], ""]
+    parts += ["## Best per dataset (Table 2)\n", to_markdown(best_table(record))]
+    parts += ["## Every combination (Table 3)\n", to_markdown(grid_table(record))]
+    parts += ["## Quality control\n", to_markdown(quality_table(record))]
+    parts += ["## Explanations\n", to_markdown(explanation_table(record))]
+    return "\n".join(parts)
+
+
+def build_report(run: Path, out: Path | None = None) -> ReportFiles:
+    """(Re)build the report of a run from its ``record.json`` alone."""
+    run = Path(run)
+    record = read_record(run / RECORD_FILE if run.is_dir() else run)
+    run = run if run.is_dir() else run.parent
+    out = out or run
+    rec = recommend(record)
+    html = write_bytes(out / "report.html", render_html(record, run, rec).encode("utf-8"))
+    md = write_bytes(out / "report.md", render_markdown(record, rec).encode("utf-8"))
+    csvs = [
+        write_bytes(out / "tables" / f"{name}.csv", to_csv(table).encode("utf-8"))
+        for name, table in (
+            ("table3_grid", grid_table(record)),
+            ("table2_best", best_table(record)),
+            ("quality_control", quality_table(record)),
+            ("explanations", explanation_table(record)),
+            ("recommendation", recommendation_table(rec)),
+        )
+    ]
+    return ReportFiles(html, md, csvs, rec)

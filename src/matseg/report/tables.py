@@ -1,0 +1,130 @@
+"""The report's tables, from a record: rows of plain values, written as CSV and Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from matseg.record import EvaluationRecord, SplitEvaluation
+from matseg.report.recommend import Recommendation
+
+Table = tuple[list[str], list[list[Any]]]  # header, rows
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table cell; missing values are an en dash, never a fake number."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(ev: SplitEvaluation, name: str) -> str:
+    low_high = ev.ci.get(name) or [None, None]
+    if low_high[0] is None or low_high[1] is None:
+        return "–"
+    return f"[{low_high[0]:.3f}, {low_high[1]:.3f}]"
+
+
+def grid_table(record: EvaluationRecord) -> Table:
+    """The paper's Table 3: every job and evaluated split, with CIs and trivial baselines."""
+    header = [
+        "dataset", "split", "encoder", "decoder", "weights", "seed", "macro IoU", "95% CI",
+        "foreground IoU", "95% CI (fg)", "Dice", "pixel acc.", "wIoU", "majority IoU",
+        "all-fg IoU", "epochs", "train s", "params (M)", "ms / 256 px",
+    ]  # fmt: skip
+    rows = []
+    for j in record.jobs:
+        for split, ev in j.evaluations.items():
+            majority = ev.baselines.get("majority class", {}).get("macro_iou")
+            all_fg = ev.baselines.get("all foreground", {}).get("foreground_iou")
+            rows.append([
+                j.dataset, split, j.encoder, j.decoder, j.weights, j.seed, fmt(ev.macro_iou),
+                _ci(ev, "macro_iou"), fmt(ev.foreground_iou), _ci(ev, "foreground_iou"),
+                fmt(ev.dice), fmt(ev.pixel_accuracy), fmt(ev.weighted_iou), fmt(majority),
+                fmt(all_fg), j.epochs, fmt(j.train_seconds, 0), fmt(j.parameters / 1e6, 2),
+                fmt(j.latency_ms_256, 0),
+            ])  # fmt: skip
+    return header, rows
+
+
+def best_table(record: EvaluationRecord) -> Table:
+    """The paper's Table 2: per dataset, the job with the best VALIDATION IoU, its test scores."""
+    header = ["dataset", "modality", "encoder", "decoder", "weights", "seed", "val IoU",
+              "test macro IoU", "95% CI", "majority IoU"]  # fmt: skip
+    rows = []
+    for d in record.datasets:
+        jobs = [j for j in record.jobs if j.dataset == d.name and "test" in j.evaluations]
+        if not jobs:
+            continue
+        j = max(jobs, key=lambda j: j.best_val_iou if j.best_val_iou is not None else -1)
+        ev = j.evaluations["test"]
+        rows.append([d.name, d.modality, j.encoder, j.decoder, j.weights, j.seed,
+                     fmt(j.best_val_iou), fmt(ev.macro_iou), _ci(ev, "macro_iou"),
+                     fmt(ev.baselines.get("majority class", {}).get("macro_iou"))])  # fmt: skip
+    return header, rows
+
+
+def quality_table(record: EvaluationRecord) -> Table:
+    """Per quality-controlled job and scenario: the chosen detector's metrics and the verdict."""
+    header = ["dataset", "job", "scenario", "detector", "AUROC", "FPR@95TPR", "F1", "precision",
+              "recall", "images flagged", "verdict"]  # fmt: skip
+    rows = []
+    for q in record.quality:
+        for scenario, by_detector in q.scenarios.items():
+            m = by_detector.get(q.detector, {})
+            rows.append([q.dataset, q.job, scenario, q.detector, fmt(m.get("auroc")),
+                         fmt(m.get("fpr_at_95_tpr")), fmt(m.get("f1")), fmt(m.get("precision")),
+                         fmt(m.get("recall")), fmt(m.get("ood_images_flagged"), 2),
+                         "ready" if q.ready else "NOT READY"])  # fmt: skip
+        if not q.scenarios:
+            rows.append([q.dataset, q.job, "–", q.detector] + ["–"] * 6 + [q.reason])
+    return header, rows
+
+
+def explanation_table(record: EvaluationRecord) -> Table:
+    header = ["dataset", "job", "image", "region", "kernel", "window", "faithfulness AUC ratio",
+              "share of H in A", "area of A", "seconds"]  # fmt: skip
+    rows = [
+        [e.dataset, e.job, e.image.rsplit("/", 1)[-1], e.roi, e.kernel, e.window,
+         fmt(e.faithfulness_auc_ratio, 1), fmt(e.concentration.get("roi_share"), 2),
+         fmt(e.concentration.get("roi_area"), 2), fmt(e.seconds, 1)]
+        for e in record.explanations
+    ]  # fmt: skip
+    return header, rows
+
+
+def recommendation_table(rec: Recommendation) -> Table:
+    header = ["dataset", "modality", "difficulty", "best", "IoU", "runner-up", "IoU",
+              "verdict", "recommended"]  # fmt: skip
+    rows = []
+    for d in rec.datasets:
+        second = d.ranking[1] if len(d.ranking) > 1 else None
+        rows.append([d.dataset, d.modality, d.difficulty or "–", d.ranking[0].name,
+                     fmt(d.ranking[0].iou), second.name if second else "–",
+                     fmt(second.iou) if second else "–", d.verdict,
+                     d.recommended.name])  # fmt: skip
+    return header, rows
+
+
+def to_csv(table: Table) -> str:
+    header, rows = table
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def to_markdown(table: Table) -> str:
+    header, rows = table
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]  # fmt: skip
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

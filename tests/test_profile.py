@@ -76,6 +76,14 @@ def test_load_resolves_dataset_paths_relative_to_the_profile(tmp_path: Path) -> 
     assert plan.jobs[0].spec["root"] == str(spec.parent.resolve())
 
 
+def test_load_resolves_qc_scenarios_relative_to_the_profile(tmp_path: Path) -> None:
+    _synthetic_spec(tmp_path)
+    data = {"name": "p", "datasets": ["data/dataset.json"],
+            "qc": {"scenarios": ["data/dataset.json", "/abs/folder"]}}  # fmt: skip
+    profile = load_profile(_write(tmp_path, data))
+    assert profile.qc.scenarios == [str(tmp_path / "data" / "dataset.json"), "/abs/folder"]
+
+
 def test_plan_is_the_cartesian_product_with_stable_hashes(tmp_path: Path) -> None:
     _synthetic_spec(tmp_path)
     data = {
@@ -97,6 +105,11 @@ def test_plan_is_the_cartesian_product_with_stable_hashes(tmp_path: Path) -> Non
     data["training"]["learning_rate"] = 3e-4
     changed = compile_plan(load_profile(_write(tmp_path, data)))
     assert not {j.hash for j in plan.jobs} & {j.hash for j in changed.jobs}
+    data["training"]["accelerator"] = "cpu"  # where, not what: same jobs, same run folder
+    moved = compile_plan(load_profile(_write(tmp_path, data)))
+    assert [j.hash for j in moved.jobs] == [j.hash for j in changed.jobs]
+    assert moved.profile_hash == changed.profile_hash
+    assert moved.jobs[0].training["accelerator"] == "cpu"
 
 
 def test_unknown_key_and_missing_dataset_are_one_line_errors(tmp_path: Path) -> None:

@@ -376,13 +376,17 @@ def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def _run_and_report(profile: Any, out_dir: Path, resume: bool) -> Path:
+def _run_and_report(profile: Any, out_dir: Path, resume: bool, **executor: Any) -> Path:
     from matseg.execution.local import run_profile
     from matseg.results import best_rows
 
     with _progress("grid") as grid:
         summary = run_profile(
-            profile, out_dir, resume=resume, progress=lambda label, done, total: grid(done, total)
+            profile,
+            out_dir,
+            resume=resume,
+            progress=lambda label, done, total: grid(done, total),
+            **executor,
         )
     out.print(_results_table(summary.rows, "results (Table 3)"))
     out.print(
@@ -406,12 +410,21 @@ def run_command(
         "runs"
     ),
     resume: Annotated[bool, typer.Option(help="Continue an existing run folder.")] = False,
+    executor: Annotated[
+        str, typer.Option(help="local (this machine) or ray (a Ray cluster).")
+    ] = "local",
+    workers: Annotated[int, typer.Option(help="local: jobs run in parallel processes.")] = 1,
+    address: Annotated[
+        str | None, typer.Option(help="ray: cluster address (default: start a local one).")
+    ] = None,
+    cpus_per_job: Annotated[int, typer.Option(help="ray: CPUs requested per job.")] = 1,
 ) -> None:
     """Train and evaluate every job of a profile; write the run folder and results tables."""
     from matseg.profile import load_profile
 
     with _friendly_errors():
-        _run_and_report(load_profile(profile), out_dir, resume)
+        _run_and_report(load_profile(profile), out_dir, resume, executor=executor,
+                        workers=workers, address=address, cpus_per_job=cpus_per_job)  # fmt: skip
 
 
 # --- quality control ----------------------------------------------------------------------------
@@ -616,12 +629,6 @@ def explain_command(
     out.print(f"written: {result['folder']}", highlight=False)
 
 
-# --- demo ---------------------------------------------------------------------------------------
-
-
-DEMO_DECODERS = ("unet", "deeplabv3", "deeplabv3plus")
-
-
 # --- record, report, comparison, recommendation ----------------------------------------------
 
 
@@ -736,6 +743,76 @@ def recommend_command(
             why = ", ".join(m.why) or "nothing in common"
             out.print(f"    - {m.context} (similarity {m.similarity:.2f}: {why}); source: "
                       f"{m.source}", highlight=False)  # fmt: skip
+
+
+# --- deployment ---------------------------------------------------------------------------------
+
+
+@app.command("predict")
+def predict_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Images, folders, TIFF stacks, volumes.")],
+    run: RunOption,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for masks and predictions.csv.")],
+    job: JobOption = None,
+    overlap: Annotated[float, typer.Option(help="Tile overlap fraction (blended).")] = 0.25,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 8,
+    precision: Annotated[
+        str | None, typer.Option(help="32 or bf16-mixed (default: the job's).")
+    ] = None,
+    axis: Annotated[int, typer.Option(help="Volumes: slice along this axis (0 = z).")] = 0,
+    fuse_axes: Annotated[
+        bool, typer.Option(help="Volumes: average the three orthogonal passes.")
+    ] = False,
+    probabilities: Annotated[
+        bool, typer.Option(help="Also write class probabilities (float16 TIFF).")
+    ] = False,
+) -> None:
+    """Apply a run's model (default: best validation IoU) to new images and volumes, tiled."""
+    from matseg.deploy.predict import predict_inputs
+
+    if axis not in (0, 1, 2):
+        raise typer.BadParameter("--axis must be 0, 1 or 2")
+    with _friendly_errors():
+        summary = predict_inputs(
+            run, inputs, out_dir, job, overlap, batch_size, precision, axis, fuse_axes,
+            probabilities, say=lambda m: out.print(m, highlight=False),
+        )  # fmt: skip
+    flagged = sum(bool(r["flagged"]) for r in summary.quality)
+    qc = f"; QC: {flagged} of {len(summary.quality)} images flagged" if summary.quality else ""
+    out.print(
+        f"{len(summary.predictions)} inputs predicted with job {summary.job} into {out_dir} "
+        f"(predictions.csv){qc}",
+        highlight=False,
+    )
+
+
+@app.command("export")
+def export_command(
+    run: RunOption,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the exported model.")],
+    job: JobOption = None,
+    onnx: Annotated[bool, typer.Option(help="Also write model.onnx (checked).")] = True,
+) -> None:
+    """A job's model as safetensors + config + model card (smp from_pretrained) and ONNX."""
+    from matseg.deploy.export import export_onnx, export_package
+    from matseg.execution.trained import load_trained
+
+    with _friendly_errors():
+        trained = load_trained(run, job)
+        folder = export_package(trained, out_dir)
+        out.print(f"{trained.job.label()}: {folder} (config.json, model.safetensors, README.md)",
+                  highlight=False)  # fmt: skip
+        if onnx:
+            result = export_onnx(trained, out_dir / "model.onnx")
+            out.print(f"ONNX: {result.path} (opset {result.opset}); onnxruntime vs PyTorch on "
+                      f"{result.input_shape}: max |difference| {result.max_abs_difference:.2e}",
+                      highlight=False)  # fmt: skip
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+DEMO_DECODERS = ("unet", "deeplabv3", "deeplabv3plus")
 
 
 def demo_profile(

@@ -60,6 +60,11 @@ def spec_as_data(spec: DatasetSpec) -> dict[str, Any]:
     return data
 
 
+# Where a job trains, not what it trains: kept in the job, left out of its hash, so a run started
+# on a laptop resumes on a GPU node without retraining what finished.
+WHERE_FIELDS = ("accelerator",)
+
+
 def _training_for_job(training: Training) -> dict[str, Any]:
     data = training.model_dump(mode="json", exclude={"seeds", "num_workers"})
     return data
@@ -83,6 +88,9 @@ def compile_plan(profile: Profile, specs: list[DatasetSpec] | None = None) -> Pl
             "training": training,
             "classes": profile.task.classes,
         }
-        jobs.append(Job(hash=content_hash(content), dataset=spec.name, **content))
-    profile_hash = content_hash(profile.model_dump(mode="json"))
+        what = {**content, "training": {k: v for k, v in training.items() if k not in WHERE_FIELDS}}
+        jobs.append(Job(hash=content_hash(what), dataset=spec.name, **content))
+    profile_hash = content_hash(
+        profile.model_dump(mode="json", exclude={"training": set(WHERE_FIELDS)})
+    )
     return Plan(profile_name=profile.name, profile_hash=profile_hash, jobs=jobs)

@@ -90,6 +90,11 @@ class Training(_Block):
         "mirrors (flips) or all 8 turns and mirrors (d4)",
     )
     num_workers: int = Field(default=0, ge=0)
+    accelerator: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="where a job trains: 'auto' takes one GPU when there is one, else the CPU "
+        "(evaluation, QC and explanations run on the CPU); not part of the job's hash",
+    )
 
     @field_validator("patch_size")
     @classmethod
@@ -207,6 +212,12 @@ def load_profile(path: Path | str) -> Profile:
         raise SpecError(str(path), "a valid profile", problems[0] + more)
     profile = Profile.model_validate(data)
     profile._base_dir = path.resolve().parent
+    # Shift scenarios given as relative paths are relative to the profile file, like datasets
+    # (the run folder's copy of the profile must still find them).
+    profile.qc.scenarios = [
+        s if Path(s).expanduser().is_absolute() else str(profile._base_dir / s)
+        for s in profile.qc.scenarios
+    ]
     return profile
 
 

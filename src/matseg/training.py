@@ -343,7 +343,7 @@ def fit(
         "val_iou", mode="max", patience=training["patience"]
     )
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=training.get("accelerator", "auto"),
         devices=1,
         precision=precision,
         max_epochs=training["max_epochs"],
@@ -368,7 +368,7 @@ def fit(
         if stopper.stopped_epoch > 0
         else ("time budget" if trainer.current_epoch + 1 < training["max_epochs"] else "max epochs")
     )
-    model_out = module.model.to(memory_format=torch.contiguous_format)
+    model_out = module.model.cpu().to(memory_format=torch.contiguous_format)
     return FitResult(
         model=copy.deepcopy(model_out).eval(),
         best_epoch=module.best_epoch,

@@ -93,8 +93,19 @@ def test_paired_test_matches_scipy_wilcoxon_and_says_when_too_few_images() -> No
     expected = stats.wilcoxon([0.3, 0.3, 0.3, 0.3]).pvalue
     assert t.p_wilcoxon == pytest.approx(expected)
     assert t.mean_difference == pytest.approx(0.3)
-    assert not t.significant  # 4 images: no test can reach 0.05
+    assert not t.significant and not t.testable  # 4 images: no test can reach 0.05
     assert "smallest possible Wilcoxon p = 0.125" in t.note
+
+
+def test_too_few_images_is_inconclusive_and_keeps_the_best() -> None:
+    jobs = [
+        _job("d", "big", "unet", [0.9, 0.8, 0.85, 0.7], 50_000_000),
+        _job("d", "small", "unet", [0.6, 0.5, 0.55, 0.4], 1_000_000),
+    ]
+    d = recommend(_record(jobs, [_context("d", "SEM", "Easy")])).datasets[0]
+    assert d.verdict == "inconclusive"
+    assert d.recommended.encoder == "big"  # not the cheaper, clearly worse one
+    assert any("label more test images" in r for r in d.reasons)
 
 
 def test_kendall_tau_across_contexts_and_decoder_wins() -> None:
@@ -108,8 +119,16 @@ def test_kendall_tau_across_contexts_and_decoder_wins() -> None:
     )
     (pair,) = rec.contexts.kendall
     assert pair["tau"] == pytest.approx(-1.0)  # reversed rankings
+    assert pair["tau"] == pytest.approx(stats.kendalltau([1, 2, 3], [3, 2, 1]).statistic)
     assert rec.contexts.mean_tau == pytest.approx(-1.0)
     assert "context determines" in rec.contexts.summary
+    two = recommend(
+        _record(
+            [j for j in jobs if j.encoder != "e3"],
+            [_context("sem", "SEM", "Easy"), _context("xct", "XCT", "Hard")],
+        )
+    )
+    assert "can only agree or flip" in two.contexts.summary  # fmt: skip
     assert rec.contexts.decoder_wins_by_modality == {"SEM": {"fpn": 1}, "XCT": {"unet": 1}}
     assert rec.contexts.decoder_wins_by_difficulty == {"Easy": {"fpn": 1}, "Very Hard": {"unet": 1}}
     assert rec.contexts.spread == pytest.approx(0.2, abs=1e-9)  # BASE + 0.2 vs BASE

@@ -1,8 +1,9 @@
-"""The local executor: a plan's jobs one after another, in a run folder that can resume.
+"""Running a profile: a plan's jobs in a run folder that can resume, then record and report.
 
-Run folder (see DESIGN.md): ``runs/<profile-name>-<short-hash>/`` with ``profile.json``,
-``plan.json``, ``results.csv``, ``best.csv``, ``record.json``, ``report.html`` and
-``jobs/<job-hash>/``. A job whose
+The jobs run one after another here, in N local processes, or as tasks on a Ray cluster
+(:mod:`matseg.execution.workers`). Run folder (see DESIGN.md):
+``runs/<profile-name>-<short-hash>/`` with ``profile.json``, ``plan.json``, ``results.csv``,
+``best.csv``, ``record.json``, ``report.html`` and ``jobs/<job-hash>/``. A job whose
 ``metrics.json`` exists is finished and never redone; an unfinished one restarts from scratch,
 which gives the same numbers because training is seeded.
 """
@@ -48,8 +49,21 @@ def run_profile(
     resume: bool = False,
     progress: Progress | None = None,
     progress_bar: bool = True,
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_job: int = 1,
 ) -> RunSummary:
-    """Run every job of the profile's plan; finished jobs are read back, not retrained."""
+    """Run every job of the profile's plan; finished jobs are read back, not retrained.
+
+    ``executor``: ``local`` (one job after another, or ``workers`` processes) or ``ray`` (one
+    task per job on the cluster at ``address``). The run folder and its resume semantics are
+    the same whichever runs the jobs.
+    """
+    if executor not in ("local", "ray"):
+        raise SpecError("--executor", "local or ray", repr(executor))
+    if workers < 1:
+        raise SpecError("--workers", "a count >= 1", str(workers))
     specs = resolve_datasets(profile)
     plan = compile_plan(profile, specs)
     folder = run_folder(profile, plan, out)
@@ -64,18 +78,25 @@ def run_profile(
     write_json(folder / "profile.json", profile.model_dump(mode="json", by_alias=True))
     write_json(folder / "plan.json", plan.model_dump(mode="json"))
     summary = RunSummary(folder, plan)
-    prepared: dict[str, PreparedData] = {}
-    for n, job in enumerate(plan.jobs):
-        if progress is not None:
-            progress(job.label(), n, len(plan.jobs))
-        job_dir = jobs_dir / job.hash
-        if (job_dir / METRICS_FILE).exists():
-            summary.skipped.append(job.hash)
-            continue
-        if job.dataset not in prepared:
-            prepared[job.dataset] = prepare_dataset(job, folder / "cache" / job.dataset)
-        run_job(job, prepared[job.dataset], job_dir, progress_bar=progress_bar)
-        summary.trained.append(job.hash)
+    pending = [job for job in plan.jobs if not (jobs_dir / job.hash / METRICS_FILE).exists()]
+    summary.skipped = [job.hash for job in plan.jobs if job not in pending]
+    if executor == "ray":
+        from matseg.execution.workers import run_on_ray
+
+        summary.trained = run_on_ray(pending, folder, address, cpus_per_job, progress=progress)
+    elif workers > 1:
+        from matseg.execution.workers import run_in_processes
+
+        summary.trained = run_in_processes(pending, folder, workers, progress)
+    else:
+        prepared: dict[str, PreparedData] = {}
+        for n, job in enumerate(pending):
+            if progress is not None:
+                progress(job.label(), len(summary.skipped) + n, len(plan.jobs))
+            if job.dataset not in prepared:
+                prepared[job.dataset] = prepare_dataset(job, folder / "cache" / job.dataset)
+            run_job(job, prepared[job.dataset], jobs_dir / job.hash, progress_bar=progress_bar)
+            summary.trained.append(job.hash)
     if progress is not None:
         progress("done", len(plan.jobs), len(plan.jobs))
     metrics_by_job = {

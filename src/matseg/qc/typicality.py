@@ -125,11 +125,18 @@ def _chunks(n_rows: int, n_cols: int, chunk_size: int, dtype: torch.dtype) -> It
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distances of rows of ``a`` to rows of ``b`` by matrix multiplication.
 
-    Fast (one GEMM); cdist clamps the squared distances at 0 before the square root, so
-    cancellation never gives NaN, but a point's distance to itself may come out as ~1e-8
-    instead of 0, which is why self-exclusion below is by index, not by value.
+    Fast (one GEMM). Written out rather than ``torch.cdist(compute_mode=...mm...)``, whose
+    fused kernel rounds differently per CPU; and the square root is NumPy's (IEEE, correctly
+    rounded) because torch's vectorised float64 sqrt is not on every CPU (with AVX-512,
+    sqrt(2.0) came out 1 ulp low). So for integer data every step is exact and ties stay ties
+    on any machine. Squared distances are clamped at 0 before the square root, so cancellation
+    never gives NaN, but a point's distance to itself may come out as ~1e-8 instead of 0,
+    which is why self-exclusion below is by index, not by value.
     """
-    return torch.cdist(a, b, compute_mode="use_mm_for_euclid_dist")
+    squared = ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)).clamp_min_(0)
+    values = squared.numpy()
+    np.sqrt(values, out=values)
+    return squared
 
 
 def _kth_smallest(block: torch.Tensor, k: int) -> torch.Tensor:

@@ -6,8 +6,10 @@ Within a dataset, combinations (encoder + decoder + weights) are ranked by their
 over the same test images says so: the paired bootstrap 95% interval of the mean per-image IoU
 difference excludes 0 AND the Wilcoxon signed-rank test gives p < 0.05. Otherwise it is a tie,
 and among the combinations tied with the best the cheapest (fewest parameters, then lowest
-latency) is recommended. The test split is used here to report, never to train or select
-checkpoints (that was done on validation).
+latency) is recommended; with so few test images that no test could reach p < 0.05 (fewer than
+6), the verdict is "inconclusive" and the best by IoU is recommended provisionally. The test
+split is used here to report, never to train or select checkpoints (that was done on
+validation).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class PairedTest:
     p_bootstrap: float
     p_wilcoxon: float | None
     significant: bool
+    testable: bool  # enough images that the test could reach significance at all
     note: str = ""
 
 
@@ -67,7 +70,7 @@ class DatasetRecommendation:
     difficulty: str | None
     ranking: list[Candidate]
     test: PairedTest | None
-    verdict: str  # "better", "tie" or "only one combination"
+    verdict: str  # "better", "tie", "inconclusive" (too few test images) or "only one combination"
     recommended: Candidate
     tied_with_best: list[str]
     reasons: list[str]
@@ -149,7 +152,7 @@ def paired_test(
     n = len(diff)
     if n == 0:
         return PairedTest(a.name, b.name, 0, math.nan, (math.nan, math.nan), 1.0, None, False,
-                          "no test image in common")  # fmt: skip
+                          False, "no test image in common")  # fmt: skip
     rng = np.random.default_rng(seed)
     boot = diff[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
     lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
@@ -159,14 +162,15 @@ def paired_test(
     if np.any(diff != 0):
         p_wil = float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
     smallest = 2.0 / 2**n  # the smallest two-sided p an exact signed-rank test can give
-    if smallest >= alpha:
+    testable = smallest < alpha
+    if not testable:
         note = (
             f"with {n} test images no paired test can reach p < {alpha} (smallest possible "
             f"Wilcoxon p = {smallest:.3f}): more test images are needed to separate them"
         )
     significant = bool((lo > 0 or hi < 0) and p_wil is not None and p_wil < alpha)
     return PairedTest(a.name, b.name, n, float(diff.mean()), (float(lo), float(hi)), p_boot,
-                      p_wil, significant, note)  # fmt: skip
+                      p_wil, significant, testable, note)  # fmt: skip
 
 
 def _cost(c: Candidate) -> tuple[int, float]:
@@ -203,6 +207,14 @@ def recommend_dataset(
     if test.significant:
         verdict, pick = "better", best
         reasons.append(f"the difference is significant: {best.name} is recommended")
+    elif not test.testable:
+        # Too few images to test: calling it a tie would claim an equivalence nobody showed,
+        # and the cheaper model may be clearly worse. Recommend the best, provisionally.
+        verdict, pick = "inconclusive", best
+        reasons.append(
+            f"inconclusive: {best.name} is recommended provisionally, on its IoU alone; label "
+            "more test images to confirm it"
+        )
     else:
         verdict = "tie"
         pick = min(tied, key=_cost)
@@ -246,8 +258,16 @@ def context_stability(
         by_modality[d.modality][d.ranking[0].decoder] += 1
         by_difficulty[d.difficulty or "unstated"][d.ranking[0].decoder] += 1
     mean_tau = float(np.mean(taus)) if taus else None
+    few = bool(kendall) and max(k["combinations"] for k in kendall) < 3
     if mean_tau is None:
         summary = "one dataset (or no shared combinations): ranking stability cannot be judged"
+    elif few:
+        flips = sum(1 for t in taus if t < 0)
+        summary = (
+            f"only two shared combinations per pair of datasets, so rankings can only agree or "
+            f"flip (tau = +-1): the order flips in {flips} of {len(taus)} pairs; evaluate three "
+            "or more combinations to measure ranking stability"
+        )
     elif mean_tau > 0.7:
         summary = f"rankings agree across datasets (mean Kendall tau {mean_tau:.2f})"
     else:

@@ -1,0 +1,1 @@
+"""Deployment: tiled prediction of large images and volumes, and model export."""

@@ -1,0 +1,365 @@
+"""Apply a run's model to new data: images, folders, multi-page stacks and XCT volumes.
+
+Images larger than the training patch are predicted by blended sliding windows
+(:mod:`matseg.deploy.sliding`). A volume (a TIFF stack) is predicted slice by slice along a
+chosen axis and written back as a TIFF stack; with ``fuse_axes`` the three orthogonal passes'
+probabilities are averaged. Outputs go to memory-mapped TIFF files row band by row band, so
+memory is bounded by the tile batch and one slice, not by the volume. Images are read and
+normalised the way the run's dataset spec reads its own, so the model sees what it was trained
+on. When the job has fitted quality control, every input also gets its typicality and flag.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+
+from matseg.atomic import write_bytes
+from matseg.datasets.readers import is_supported, normalise
+from matseg.datasets.spec import DatasetSpec
+from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
+from matseg.errors import DataError
+from matseg.execution.trained import TrainedJob, load_trained
+from matseg.training import predict_probabilities, uses_channels_last
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Prediction:
+    """One input and what was written for it."""
+
+    source: str
+    kind: str  # "image" or "volume"
+    shape: tuple[int, ...]
+    mask: str
+    probabilities: str | None
+    seconds: float
+    tiles: int
+    class_fractions: dict[str, float]
+
+
+@dataclass
+class PredictSummary:
+    job: str
+    out: Path
+    predictions: list[Prediction] = field(default_factory=list)
+    quality: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _inputs(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and is_supported(p)))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(
+                str(path), "an image, a TIFF stack or a folder of them", "nothing there"
+            )
+    if not files:
+        raise DataError(", ".join(map(str, paths)), "supported image files", "none")
+    return files
+
+
+def is_volume(path: Path) -> bool:
+    """A TIFF whose pages form a stack (z, y, x), not one (possibly RGB) image."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape, axes = series.shape, series.axes
+    if len(shape) == 3 and axes[-1] in "SC" and shape[-1] in (3, 4):
+        return False  # an RGB(A) image
+    return len(shape) >= 3
+
+
+def _channels(image: np.ndarray, channels: int, source: str) -> np.ndarray:
+    """Grey shown to an RGB model is repeated; colour shown to a grey model is averaged."""
+    c = image.shape[0]
+    if c == channels:
+        return image
+    if c == 1:
+        return np.repeat(image, channels, axis=0)
+    if channels == 1:
+        return image.mean(axis=0, keepdims=True)
+    raise DataError(source, f"images with 1 or {channels} channels", f"{c} channels")
+
+
+def _fractions(mask: np.ndarray, classes: list[str]) -> dict[str, float]:
+    counts = np.bincount(np.asarray(mask).ravel(), minlength=len(classes))[: len(classes)]
+    total = max(int(counts.sum()), 1)
+    return {c: round(float(n) / total, 6) for c, n in zip(classes, counts, strict=True)}
+
+
+def _png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def predict_volume_array(
+    model: torch.nn.Module,
+    volume: np.ndarray,
+    num_classes: int,
+    channels: int,
+    patch: int,
+    overlap: float,
+    batch_size: int,
+    precision: str,
+    channels_last: bool,
+    normalise_mode: str,
+    axis: int = 0,
+    out_mask: np.ndarray | None = None,
+    out_probabilities: np.ndarray | None = None,
+    weight: float = 1.0,
+    say: Say | None = None,
+) -> int:
+    """Predict a (z, y, x) array slice by slice along ``axis``; returns the tiles run.
+
+    Writes class ids into ``out_mask`` and/or ADDS ``weight`` x probabilities into
+    ``out_probabilities`` (K, z, y, x). Slices no larger than one tile are batched together
+    (a 256^3 volume is 256 single-tile slices: one forward per batch, not per slice).
+    """
+    n = volume.shape[axis]
+    h, w = (s for i, s in enumerate(volume.shape) if i != axis)
+    single_tile = h <= patch and w <= patch
+    group = batch_size if single_tile else 1
+    tiles = 0
+    autocast = precision == "bf16-mixed"
+    for first in range(0, n, group):
+        idx = range(first, min(first + group, n))
+        images = [
+            _channels(
+                normalise(np.asarray(np.take(volume, i, axis=axis))[None], normalise_mode),
+                channels,
+                f"slice {i}",
+            )
+            for i in idx
+        ]
+        if single_tile:
+            batch = torch.from_numpy(np.stack([pad_to_patch(im, patch) for im in images]))
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                prob = predict_probabilities(model, batch, channels_last).float().numpy()
+            probs = [p[:, :h, :w] for p in prob]
+            tiles += len(idx)
+        else:
+            probs = []
+            for im in images:
+                p = np.zeros((num_classes, h, w), np.float32)
+                predict_tiled(model, im, num_classes, patch, overlap, batch_size, precision,
+                              channels_last, out_probabilities=p)  # fmt: skip
+                probs.append(p)
+                tiles += tiles_per_image(h, w, patch, overlap)
+        for i, p in zip(idx, probs, strict=True):
+            if out_mask is not None:
+                _put(out_mask, axis, i, p.argmax(axis=0).astype(out_mask.dtype))
+            if out_probabilities is not None:
+                _add(out_probabilities, axis, i, weight * p)
+        if say is not None and (first // group) % max(1, n // group // 10) == 0:
+            say(f"axis {axis}: slice {idx[-1] + 1}/{n}")
+    return tiles
+
+
+def predict_volume(
+    trained: TrainedJob,
+    path: Path,
+    out: Path,
+    patch: int,
+    overlap: float,
+    batch_size: int,
+    precision: str,
+    axis: int,
+    fuse_axes: bool,
+    probabilities: bool,
+    say: Say,
+) -> Prediction:
+    """A TIFF stack slice by slice along ``axis`` (or the three axes, probabilities averaged)."""
+    spec: DatasetSpec = trained.data.inspection.spec
+    classes = trained.data.classes
+    k = len(classes)
+    volume = tifffile.memmap(path, mode="r") if _memmappable(path) else tifffile.imread(path)
+    if volume.ndim != 3:
+        raise DataError(str(path), "a (z, y, x) volume", f"shape {volume.shape}")
+    mask_path = out / f"{path.stem}_mask.tif"
+    mask = tifffile.memmap(mask_path, shape=volume.shape, dtype=np.uint8, photometric="minisblack")
+    prob_path = out / f"{path.stem}_probabilities.tif" if probabilities else None
+    prob = (
+        tifffile.memmap(
+            prob_path, shape=(k, *volume.shape), dtype=np.float16, photometric="minisblack"
+        )
+        if prob_path is not None
+        else None
+    )
+    if prob is not None:
+        prob[:] = 0
+    common = dict(
+        model=trained.model, volume=volume, num_classes=k, channels=trained.data.in_channels,
+        patch=patch, overlap=overlap, batch_size=batch_size, precision=precision,
+        channels_last=uses_channels_last(trained.job.training), normalise_mode=spec.normalise,
+        say=lambda m: say(f"{path.name}: {m}"),
+    )  # fmt: skip
+    start, tiles = time.perf_counter(), 0
+    if not fuse_axes:  # the mask from float32 probabilities; float16 only in the stored file
+        tiles = predict_volume_array(**common, axis=axis, out_mask=mask, out_probabilities=prob)
+    else:  # the three passes summed in a float32 scratch file beside the outputs
+        scratch_path = out / f".{path.stem}_fusion.npy"
+        acc = np.lib.format.open_memmap(scratch_path, "w+", np.float32, (k, *volume.shape))
+        for ax in (0, 1, 2):
+            tiles += predict_volume_array(**common, axis=ax, out_probabilities=acc, weight=1 / 3)
+        for z in range(volume.shape[0]):  # slab by slab (bounded memory)
+            slab = np.asarray(acc[:, z])
+            mask[z] = slab.argmax(axis=0)
+            if prob is not None:
+                prob[:, z] = slab.astype(np.float16)
+        del acc
+        scratch_path.unlink()
+    if prob is not None:
+        prob.flush()
+    mask.flush()
+    fractions = _fractions(np.asarray(mask), classes)
+    del mask, prob
+    return Prediction(str(path), "volume", tuple(volume.shape), str(mask_path),
+                      str(prob_path) if probabilities else None, time.perf_counter() - start,
+                      tiles, fractions)  # fmt: skip
+
+
+def _memmappable(path: Path) -> bool:
+    try:
+        tifffile.memmap(path, mode="r")
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _put(volume: np.ndarray, axis: int, i: int, values: np.ndarray) -> None:
+    index: list[Any] = [slice(None)] * 3
+    index[axis] = i
+    volume[tuple(index)] = values
+
+
+def _add(prob: np.ndarray, axis: int, i: int, values: np.ndarray) -> None:
+    index: list[Any] = [slice(None)] * 4
+    index[axis + 1] = i
+    current = np.asarray(prob[tuple(index)], dtype=np.float32)
+    prob[tuple(index)] = (current + values).astype(prob.dtype)
+
+
+def predict_image(
+    trained: TrainedJob,
+    path: Path,
+    out: Path,
+    patch: int,
+    overlap: float,
+    batch_size: int,
+    precision: str,
+    probabilities: bool,
+) -> Prediction:
+    """One 2D image: read like the dataset reads its own, sliding windows, mask PNG."""
+    from matseg.explain.roi import read_image
+
+    classes = trained.data.classes
+    prepared = read_image(trained.data.inspection.spec, path)
+    image = _channels(prepared.image, trained.data.in_channels, str(path))
+    h, w = image.shape[1:]
+    k = len(classes)
+    start = time.perf_counter()
+    prob_path = out / f"{path.stem}_probabilities.tif" if probabilities else None
+    prob = (
+        tifffile.memmap(prob_path, shape=(k, h, w), dtype=np.float16, photometric="minisblack")
+        if prob_path is not None
+        else None
+    )
+    mask = predict_tiled(
+        trained.model, image, k, patch, overlap, batch_size, precision,
+        uses_channels_last(trained.job.training), out_probabilities=prob,
+    )  # fmt: skip
+    if prob is not None:
+        prob.flush()
+        del prob
+    mask_path = write_bytes(out / f"{path.stem}_mask.png", _png(mask))
+    return Prediction(str(path), "image", (h, w), str(mask_path),
+                      str(prob_path) if prob_path else None, time.perf_counter() - start,
+                      tiles_per_image(h, w, patch, overlap), _fractions(mask, classes))  # fmt: skip
+
+
+def _quality(trained: TrainedJob, files: list[Path]) -> list[dict[str, Any]]:
+    """Typicality and flag per input image (slices for volumes) when QC was fitted."""
+    from matseg.qc.workflow import QC_FILE, load_fitted, load_job, score_new_images
+
+    folder = trained.run / "qc" / trained.job.hash
+    if not (folder / QC_FILE).is_file():
+        return []
+    fitted = load_fitted(load_job(trained.run, trained.job.hash))
+    return score_new_images(fitted, files)
+
+
+def predict_inputs(
+    run: Path,
+    inputs: Sequence[Path],
+    out: Path,
+    job: str | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    precision: str | None = None,
+    axis: int = 0,
+    fuse_axes: bool = False,
+    probabilities: bool = False,
+    quality: bool = True,
+    say: Say | None = None,
+) -> PredictSummary:
+    """Predict every input with the run's job (default: best validation IoU); files into out."""
+    say = say or (lambda _: None)
+    trained = load_trained(run, job)
+    patch = trained.job.training.get("patch_size") or 256
+    precision = precision or trained.job.training["precision"]
+    files = _inputs(inputs)
+    summary = PredictSummary(trained.job.hash, out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        if is_volume(path):
+            pred = predict_volume(trained, path, out, patch, overlap, batch_size, precision,
+                                  axis, fuse_axes, probabilities, say)  # fmt: skip
+        else:
+            pred = predict_image(trained, path, out, patch, overlap, batch_size, precision,
+                                 probabilities)  # fmt: skip
+        say(f"{path.name}: {pred.kind} {pred.shape}, {pred.tiles} tiles, {pred.seconds:.1f} s")
+        summary.predictions.append(pred)
+    if quality:
+        summary.quality = _quality(trained, files)
+    write_bytes(out / "predictions.csv", _csv(summary, trained.data.classes))
+    return summary
+
+
+def _csv(summary: PredictSummary, classes: list[str]) -> bytes:
+    flags: dict[str, list[dict[str, Any]]] = {}
+    for row in summary.quality:
+        flags.setdefault(str(row["image"]).split("#")[0].split("/")[-1], []).append(row)
+    buf = io.StringIO()
+    fractions = [f"fraction_{c}" for c in classes]
+    fields = ["source", "kind", "shape", "mask", "probabilities", "seconds", "tiles",
+              *fractions, "typicality", "flagged", "flagged_slices"]  # fmt: skip
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for p in summary.predictions:
+        rows = [r for key, rs in flags.items() if Path(p.source).stem in key for r in rs]
+        writer.writerow({
+            "source": p.source, "kind": p.kind, "shape": "x".join(map(str, p.shape)),
+            "mask": p.mask, "probabilities": p.probabilities or "", "seconds": round(p.seconds, 3),
+            "tiles": p.tiles, **{f"fraction_{c}": v for c, v in p.class_fractions.items()},
+            "typicality": round(float(np.median([r["score"] for r in rows])), 6) if rows else "",
+            "flagged": any(r["flagged"] for r in rows) if rows else "",
+            "flagged_slices": sum(bool(r["flagged"]) for r in rows) if rows else "",
+        })  # fmt: skip
+    return buf.getvalue().encode()

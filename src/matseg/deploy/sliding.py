@@ -1,0 +1,154 @@
+"""Sliding-window prediction of images larger than the training patch, in bounded memory.
+
+Tiles of ``patch`` pixels overlap by ``overlap``; each tile's class probabilities are weighted by
+a Gaussian importance map (nnU-Net's choice: the tile centre, where the model saw the most
+context, counts most; the borders, where the receptive field is cut, least) and blended. Tiles
+are processed one row band at a time and finished rows are written straight into the output
+arrays (which may be memory-mapped files), so the working memory is one band of probabilities
+plus one batch of tiles whatever the image size.
+
+Written by hand because MONAI's ``sliding_window_inference`` keeps the whole output in memory
+and would pull in MONAI for one function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from matseg.errors import InputError
+from matseg.training import predict_probabilities
+
+Progress = Callable[[int, int], None]
+
+
+def gaussian_importance(patch: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """(patch, patch) weights: a Gaussian centred on the tile, max 1, floored to stay positive."""
+    centre = (patch - 1) / 2
+    axis = np.exp(-0.5 * ((np.arange(patch) - centre) / (patch * sigma_scale)) ** 2)
+    weights = np.outer(axis, axis)
+    weights /= weights.max()
+    return np.maximum(weights, 1e-3).astype(np.float32)
+
+
+def tile_starts(length: int, patch: int, step: int) -> list[int]:
+    """Start offsets covering ``length`` with tiles of ``patch``; the last tile ends flush."""
+    if length <= patch:
+        return [0]
+    starts = list(range(0, length - patch + 1, step))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+def tile_grid(height: int, width: int, patch: int, overlap: float) -> list[tuple[int, int]]:
+    """Every (y, x) tile start of an image, row band by row band."""
+    if not 0 <= overlap < 1:
+        raise InputError(f"overlap: expected a fraction in [0, 1), found {overlap}")
+    step = max(1, round(patch * (1 - overlap)))
+    ys, xs = tile_starts(height, patch, step), tile_starts(width, patch, step)
+    return [(y, x) for y in ys for x in xs]
+
+
+def pad_to_patch(image: np.ndarray, patch: int) -> np.ndarray:
+    """Reflect-pad an image smaller than the patch (then the crop is taken back)."""
+    _, h, w = image.shape
+    ph, pw = max(0, patch - h), max(0, patch - w)
+    if not ph and not pw:
+        return image
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(image, ((0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+@torch.no_grad()
+def predict_tiled(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    num_classes: int,
+    patch: int,
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    precision: str = "32",
+    channels_last: bool = False,
+    tta: str = "none",
+    out_mask: np.ndarray | None = None,
+    out_probabilities: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Class ids (H, W) of a (C, H, W) image by blended sliding windows.
+
+    ``out_mask`` (H, W) and ``out_probabilities`` (K, H, W) may be given (e.g. memory-mapped
+    files); finished rows are written into them band by band. Returns ``out_mask``.
+    """
+    if image.ndim != 3:
+        raise InputError(f"image: expected (C, H, W), found shape {image.shape}")
+    if patch % 32:
+        raise InputError(f"patch: expected a multiple of 32, found {patch}")
+    _, h, w = image.shape
+    padded = pad_to_patch(image.astype(np.float32, copy=False), patch)
+    hp, wp = padded.shape[1:]
+    mask = out_mask if out_mask is not None else np.zeros((h, w), dtype=np.uint8)
+    if mask.shape != (h, w):
+        raise InputError(f"out_mask: expected shape {(h, w)}, found {mask.shape}")
+    weight = gaussian_importance(patch)
+    tiles = tile_grid(hp, wp, patch, overlap)
+    rows = sorted({y for y, _ in tiles})
+    acc = np.zeros((num_classes, patch, wp), dtype=np.float32)  # one band of probabilities
+    wsum = np.zeros((patch, wp), dtype=np.float32)
+    model.eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    done, base = 0, 0
+
+    def flush(upto: int) -> None:
+        """Rows [base, upto) are final: write them out and shift the band."""
+        n = upto - base
+        if n <= 0:
+            return
+        lo, hi = base, min(upto, h)
+        if hi > lo:
+            prob = acc[:, : hi - lo, :w] / wsum[None, : hi - lo, :w]
+            mask[lo:hi] = prob.argmax(axis=0).astype(mask.dtype)
+            if out_probabilities is not None:
+                out_probabilities[:, lo:hi] = prob.astype(out_probabilities.dtype)
+        acc[:, : patch - n] = acc[:, n:].copy()
+        acc[:, patch - n :] = 0
+        wsum[: patch - n] = wsum[n:].copy()
+        wsum[patch - n :] = 0
+
+    autocast = precision == "bf16-mixed"
+    for y in rows:
+        flush(y)
+        base = y
+        band = [x for yy, x in tiles if yy == y]
+        for start in range(0, len(band), batch_size):
+            xs = band[start : start + batch_size]
+            batch = torch.from_numpy(
+                np.stack([padded[:, y : y + patch, x : x + patch] for x in xs])
+            )
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                prob = predict_probabilities(model, batch, channels_last, tta).float().numpy()
+            for p, x in zip(prob, xs, strict=True):
+                acc[:, :, x : x + patch] += p * weight
+                wsum[:, x : x + patch] += weight
+            done += len(xs)
+            if progress is not None:
+                progress(done, len(tiles))
+    flush(base + patch)
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return mask
+
+
+def tiles_per_image(height: int, width: int, patch: int, overlap: float) -> int:
+    """How many tiles ``predict_tiled`` runs for an image (for progress and benchmarks)."""
+    return len(tile_grid(max(height, patch), max(width, patch), patch, overlap))
+
+
+def overlap_factor(patch: int, overlap: float) -> float:
+    """Tiles per patch-sized area on a large image: the cost of blending over no overlap."""
+    step = max(1, round(patch * (1 - overlap)))
+    return math.pow(patch / step, 2)

@@ -1,0 +1,100 @@
+"""Running jobs outside the calling process: N local processes, or tasks on a Ray cluster.
+
+Both executors run :func:`run_job_in_worker`, which trains one job into the run folder exactly as
+the sequential loop does (same seed, same files, ``metrics.json`` last), so a job's numbers do
+not depend on where it ran, and ``--resume`` works the same after any of them. The run folder
+must be visible to every worker (one machine, or a shared filesystem on a cluster).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from matseg.errors import SpecError
+from matseg.plan import Job
+
+Progress = Callable[[str, int, int], None]
+PID_FILE = "worker.pid"  # which process is training a job (for operators, and the kill test)
+
+
+def run_job_in_worker(job_data: dict[str, Any], folder: str, threads: int | None) -> str:
+    """Train and evaluate one job in this (worker) process; return its hash."""
+    import torch
+
+    from matseg.execution.job import prepare_dataset, run_job
+
+    if threads:
+        torch.set_num_threads(threads)
+    job = Job.model_validate(job_data)
+    run = Path(folder)
+    job_dir = run / "jobs" / job.hash
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / PID_FILE).write_text(str(os.getpid()))
+    data = prepare_dataset(job, run / "cache" / job.dataset)
+    run_job(job, data, job_dir, progress_bar=False)
+    return job.hash
+
+
+def run_in_processes(
+    jobs: list[Job], folder: Path, workers: int, progress: Progress | None = None
+) -> list[str]:
+    """``workers`` local processes (spawned), each with its share of the CPU threads."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    done: list[str] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {
+            pool.submit(run_job_in_worker, job.model_dump(mode="json"), str(folder), threads): job
+            for job in jobs
+        }
+        for future in as_completed(futures):
+            done.append(future.result())
+            if progress is not None:
+                progress(futures[future].label(), len(done), len(jobs))
+    return done
+
+
+def run_on_ray(
+    jobs: list[Job],
+    folder: Path,
+    address: str | None = None,
+    cpus_per_job: int = 1,
+    retries: int = 3,
+    progress: Progress | None = None,
+) -> list[str]:
+    """One Ray task per job (a GPU each when the cluster has GPUs, else ``cpus_per_job`` CPUs);
+    a task whose worker dies is retried up to ``retries`` times."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise SpecError("--executor ray", "Ray installed", "no ray module",
+                        'pip install "matseg[ray]"') from exc  # fmt: skip
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)  # fmt: skip
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        remote = ray.remote(run_job_in_worker).options(
+            num_cpus=cpus_per_job, num_gpus=1 if gpus else 0, max_retries=retries,
+            retry_exceptions=False,
+        )  # fmt: skip
+        refs = {
+            remote.remote(job.model_dump(mode="json"), str(folder.resolve()), cpus_per_job): job
+            for job in jobs
+        }
+        done: list[str] = []
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done.append(ray.get(ready[0]))
+            if progress is not None:
+                progress(refs[ready[0]].label(), len(done), len(jobs))
+        return done
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,83 @@
+"""Sliding-window prediction: tiles cover the image, blending is exact where it must be."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from matseg.deploy.sliding import gaussian_importance, predict_tiled, tile_grid, tile_starts
+from matseg.errors import InputError
+from matseg.training import predict_probabilities
+
+
+class PixelModel(torch.nn.Module):
+    """A 1x1 convolution: exactly translation-equivariant, so tiling must not change anything."""
+
+    def __init__(self, channels: int = 3, classes: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(channels, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * 5
+
+
+@pytest.mark.parametrize(
+    "length,patch,step", [(100, 32, 24), (32, 32, 24), (20, 32, 24), (97, 32, 32)]
+)
+def test_tile_starts_cover_and_end_flush(length: int, patch: int, step: int) -> None:
+    starts = tile_starts(length, patch, step)
+    covered = np.zeros(max(length, patch), bool)
+    for s in starts:
+        covered[s : s + patch] = True
+    assert covered[:length].all()
+    assert starts[0] == 0 and starts[-1] == max(0, length - patch)
+    assert all(b - a <= step for a, b in itertools.pairwise(starts))
+
+
+def test_gaussian_importance_is_centred_and_positive() -> None:
+    w = gaussian_importance(64)
+    assert w.shape == (64, 64) and w.min() > 0 and w.max() == pytest.approx(1.0)
+    assert w[31, 31] > w[16, 31] > w[16, 16] > w[0, 0] == pytest.approx(1e-3)
+    np.testing.assert_allclose(w, w.T)
+
+
+@pytest.mark.parametrize("shape", [(3, 150, 97), (3, 64, 64), (3, 40, 50)])
+def test_tiled_equals_whole_image_for_a_translation_equivariant_model(shape) -> None:
+    model = PixelModel().eval()
+    image = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    prob_out = np.zeros((4, *shape[1:]), np.float32)
+    mask = predict_tiled(model, image, 4, patch=64, overlap=0.25, batch_size=3,
+                         out_probabilities=prob_out)  # fmt: skip
+    with torch.no_grad():
+        whole = predict_probabilities(model, torch.from_numpy(image)[None], False)[0].numpy()
+    np.testing.assert_allclose(prob_out, whole, atol=1e-5)
+    np.testing.assert_array_equal(mask, whole.argmax(0))
+
+
+def test_bands_are_written_into_a_memory_mapped_output(tmp_path) -> None:
+    model = PixelModel(1, 2).eval()
+    image = np.random.default_rng(2).normal(size=(1, 300, 200)).astype(np.float32)
+    out = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.uint8, shape=(300, 200))
+    calls: list[tuple[int, int]] = []
+    predict_tiled(
+        model, image, 2, 64, 0.5, 4, out_mask=out, progress=lambda d, t: calls.append((d, t))
+    )
+    out.flush()
+    with torch.no_grad():
+        whole = predict_probabilities(model, torch.from_numpy(image)[None], False)[0].numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), whole.argmax(0))
+    assert calls[-1][0] == calls[-1][1] == len(tile_grid(300, 200, 64, 0.5))
+
+
+def test_bad_arguments_are_one_line_errors() -> None:
+    model = PixelModel().eval()
+    with pytest.raises(InputError, match="multiple of 32"):
+        predict_tiled(model, np.zeros((3, 64, 64), np.float32), 4, patch=50)
+    with pytest.raises(InputError, match=r"\(C, H, W\)"):
+        predict_tiled(model, np.zeros((64, 64), np.float32), 4, patch=64)
+    with pytest.raises(InputError, match="overlap"):
+        tile_grid(100, 100, 64, 1.0)

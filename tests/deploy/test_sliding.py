@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from matseg.deploy.sliding import gaussian_importance, predict_tiled, tile_grid, tile_starts
+from matseg.datasets.tiling import tile_starts
+from matseg.deploy.sliding import gaussian_importance, predict_tiled, tile_grid
 from matseg.errors import InputError
 from matseg.training import predict_probabilities
 
@@ -81,3 +82,10 @@ def test_bad_arguments_are_one_line_errors() -> None:
         predict_tiled(model, np.zeros((64, 64), np.float32), 4, patch=64)
     with pytest.raises(InputError, match="overlap"):
         tile_grid(100, 100, 64, 1.0)
+
+
+def test_class_argmax_matches_numpy_including_ties() -> None:
+    from matseg.deploy.sliding import _argmax_classes
+
+    scores = np.random.default_rng(3).integers(0, 3, size=(4, 20, 30)).astype(np.float32)
+    np.testing.assert_array_equal(_argmax_classes(scores), scores.argmax(axis=0))

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from matseg.datasets.check import inspect_dataset
+from matseg.datasets.readers import match_channels
 from matseg.datasets.spec import load_spec
 from matseg.qc.detectors import make_detector
 from matseg.qc.evaluation import acceptance_threshold, auroc
 from matseg.qc.extractors import ExtractorContext, make_extractor
-from matseg.qc.workflow import Patches, cut_patches, image_scores, match_channels
+from matseg.qc.workflow import Patches, cut_patches, image_scores
 
 pytestmark = pytest.mark.realdata
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -7,7 +7,7 @@ an image into the float32 (C, H, W) array the models take.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +93,37 @@ def is_supported(path: Path) -> bool:
     """True when a reader is registered for this file's extension."""
     suffix = path.suffix.lower()
     return suffix in READERS or suffix in AFM_EXTENSIONS
+
+
+def input_files(paths: Sequence[Path], expected: str) -> list[Path]:
+    """The files a user named: files as given, folders as their supported files, sorted."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and is_supported(p)))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(str(path), expected, "nothing there")
+    if not files:
+        raise DataError(", ".join(map(str, paths)), "supported image files", "none")
+    return files
+
+
+def match_channels(image: np.ndarray, channels: int, where: str = "image") -> np.ndarray:
+    """Grey shown to an RGB model is repeated; colour shown to a grey model is averaged.
+
+    (What a user does when a micrograph of another instrument meets the model.) Other channel
+    counts cannot be matched and are an error.
+    """
+    c = image.shape[0]
+    if c == channels:
+        return image
+    if c == 1:
+        return np.repeat(image, channels, axis=0)
+    if channels == 1:
+        return image.mean(axis=0, keepdims=True)
+    raise DataError(where, f"images with 1 or {channels} channels", f"{c} channels")
 
 
 def read_array(path: Path) -> np.ndarray:

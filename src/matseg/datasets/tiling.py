@@ -22,7 +22,8 @@ class Window:
     w: int
 
 
-def _starts(length: int, patch: int, step: int) -> list[int]:
+def tile_starts(length: int, patch: int, step: int) -> list[int]:
+    """Start offsets covering ``length`` with tiles of ``patch``; the last tile ends flush."""
     if length <= patch:
         return [0]
     starts = list(range(0, length - patch + 1, step))
@@ -38,8 +39,8 @@ def tile_windows(height: int, width: int, patch: int | None, overlap: int = 0) -
     step = patch - overlap
     return [
         Window(y, x, patch, patch)
-        for y in _starts(height, patch, step)
-        for x in _starts(width, patch, step)
+        for y in tile_starts(height, patch, step)
+        for x in tile_starts(width, patch, step)
     ]
 
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from matseg.atomic import write_bytes
-from matseg.datasets.readers import is_supported, normalise
+from matseg.datasets.readers import input_files, match_channels, normalise
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
@@ -57,22 +57,6 @@ class PredictSummary:
     quality: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _inputs(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.is_file() and is_supported(p)))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(
-                str(path), "an image, a TIFF stack or a folder of them", "nothing there"
-            )
-    if not files:
-        raise DataError(", ".join(map(str, paths)), "supported image files", "none")
-    return files
-
-
 def is_volume(path: Path) -> bool:
     """A TIFF whose pages form a stack (z, y, x), not one (possibly RGB) image."""
     if path.suffix.lower() not in (".tif", ".tiff"):
@@ -83,18 +67,6 @@ def is_volume(path: Path) -> bool:
     if len(shape) == 3 and axes[-1] in "SC" and shape[-1] in (3, 4):
         return False  # an RGB(A) image
     return len(shape) >= 3
-
-
-def _channels(image: np.ndarray, channels: int, source: str) -> np.ndarray:
-    """Grey shown to an RGB model is repeated; colour shown to a grey model is averaged."""
-    c = image.shape[0]
-    if c == channels:
-        return image
-    if c == 1:
-        return np.repeat(image, channels, axis=0)
-    if channels == 1:
-        return image.mean(axis=0, keepdims=True)
-    raise DataError(source, f"images with 1 or {channels} channels", f"{c} channels")
 
 
 def _fractions(mask: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -141,7 +113,7 @@ def predict_volume_array(
     for first in range(0, n, group):
         idx = range(first, min(first + group, n))
         images = [
-            _channels(
+            match_channels(
                 normalise(np.asarray(np.take(volume, i, axis=axis))[None], normalise_mode),
                 channels,
                 f"slice {i}",
@@ -167,7 +139,7 @@ def predict_volume_array(
                 _put(out_mask, axis, i, p.argmax(axis=0).astype(out_mask.dtype))
             if out_probabilities is not None:
                 _add(out_probabilities, axis, i, weight * p)
-        if say is not None and (first // group) % max(1, n // group // 10) == 0:
+        if say is not None and (idx[-1] + 1) * 10 // n > first * 10 // n:  # every 10%
             say(f"axis {axis}: slice {idx[-1] + 1}/{n}")
     return tiles
 
@@ -271,7 +243,7 @@ def predict_image(
 
     classes = trained.data.classes
     prepared = read_image(trained.data.inspection.spec, path)
-    image = _channels(prepared.image, trained.data.in_channels, str(path))
+    image = match_channels(prepared.image, trained.data.in_channels, str(path))
     h, w = image.shape[1:]
     k = len(classes)
     start = time.perf_counter()
@@ -294,15 +266,25 @@ def predict_image(
                       tiles_per_image(h, w, patch, overlap), _fractions(mask, classes))  # fmt: skip
 
 
-def _quality(trained: TrainedJob, files: list[Path]) -> list[dict[str, Any]]:
-    """Typicality and flag per input image (slices for volumes) when QC was fitted."""
-    from matseg.qc.workflow import QC_FILE, load_fitted, load_job, score_new_images
+def _quality(trained: TrainedJob, files: list[Path], slices: int = 16) -> list[dict[str, Any]]:
+    """Typicality and flag per input image, and per slice (``slices`` evenly spaced) of each
+    volume, when the job's quality control was fitted (``matseg qc fit``)."""
+    from matseg.qc.workflow import QC_FILE, load_fitted, load_job, score_arrays, score_new_images
 
     folder = trained.run / "qc" / trained.job.hash
     if not (folder / QC_FILE).is_file():
         return []
     fitted = load_fitted(load_job(trained.run, trained.job.hash))
-    return score_new_images(fitted, files)
+    images = [f for f in files if not is_volume(f)]
+    rows = score_new_images(fitted, images) if images else []
+    spec = trained.data.inspection.spec
+    for path in (f for f in files if is_volume(f)):
+        volume = tifffile.memmap(path, mode="r") if _memmappable(path) else tifffile.imread(path)
+        picks = np.unique(np.linspace(0, len(volume) - 1, min(slices, len(volume))).astype(int))
+        arrays = [(f"{path.stem}#z{z}", normalise(np.asarray(volume[z])[None], spec.normalise))
+                  for z in picks]  # fmt: skip
+        rows += score_arrays(fitted, arrays)
+    return rows
 
 
 def predict_inputs(
@@ -324,7 +306,7 @@ def predict_inputs(
     trained = load_trained(run, job)
     patch = trained.job.training.get("patch_size") or 256
     precision = precision or trained.job.training["precision"]
-    files = _inputs(inputs)
+    files = input_files(inputs, "an image, a TIFF stack or a folder of them")
     summary = PredictSummary(trained.job.hash, out)
     out.mkdir(parents=True, exist_ok=True)
     for path in files:
@@ -353,7 +335,7 @@ def _csv(summary: PredictSummary, classes: list[str]) -> bytes:
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for p in summary.predictions:
-        rows = [r for key, rs in flags.items() if Path(p.source).stem in key for r in rs]
+        rows = flags.get(Path(p.source).stem, [])
         writer.writerow({
             "source": p.source, "kind": p.kind, "shape": "x".join(map(str, p.shape)),
             "mask": p.mask, "probabilities": p.probabilities or "", "seconds": round(p.seconds, 3),

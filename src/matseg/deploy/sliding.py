@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from matseg.datasets.tiling import tile_starts
 from matseg.errors import InputError
 from matseg.training import predict_probabilities
 
@@ -32,16 +33,6 @@ def gaussian_importance(patch: int, sigma_scale: float = 0.125) -> np.ndarray:
     weights = np.outer(axis, axis)
     weights /= weights.max()
     return np.maximum(weights, 1e-3).astype(np.float32)
-
-
-def tile_starts(length: int, patch: int, step: int) -> list[int]:
-    """Start offsets covering ``length`` with tiles of ``patch``; the last tile ends flush."""
-    if length <= patch:
-        return [0]
-    starts = list(range(0, length - patch + 1, step))
-    if starts[-1] != length - patch:
-        starts.append(length - patch)
-    return starts
 
 
 def tile_grid(height: int, width: int, patch: int, overlap: float) -> list[tuple[int, int]]:
@@ -61,6 +52,21 @@ def pad_to_patch(image: np.ndarray, patch: int) -> np.ndarray:
         return image
     mode = "reflect" if ph < h and pw < w else "edge"
     return np.pad(image, ((0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+def _argmax_classes(scores: np.ndarray) -> np.ndarray:
+    """argmax over the first axis of (K, H, W), the first maximum winning as in ``argmax``.
+
+    A pass per class over contiguous planes: several times faster than ``argmax(axis=0)``,
+    which walks the class axis with a large stride.
+    """
+    best = scores[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8 if len(scores) < 256 else np.int64)
+    for k in range(1, len(scores)):
+        better = scores[k] > best
+        index[better] = k
+        np.maximum(best, scores[k], out=best)
+    return index
 
 
 @torch.no_grad()
@@ -94,8 +100,13 @@ def predict_tiled(
     if mask.shape != (h, w):
         raise InputError(f"out_mask: expected shape {(h, w)}, found {mask.shape}")
     weight = gaussian_importance(patch)
+    weight_t = torch.from_numpy(weight)
     tiles = tile_grid(hp, wp, patch, overlap)
     rows = sorted({y for y, _ in tiles})
+    columns = [x for y, x in tiles if y == rows[0]]  # every band has the same tile columns
+    band_weight = np.zeros((patch, wp), dtype=np.float32)  # the weight one band contributes
+    for x in columns:
+        band_weight[:, x : x + patch] += weight
     acc = np.zeros((num_classes, patch, wp), dtype=np.float32)  # one band of probabilities
     wsum = np.zeros((patch, wp), dtype=np.float32)
     model.eval()
@@ -110,9 +121,10 @@ def predict_tiled(
             return
         lo, hi = base, min(upto, h)
         if hi > lo:
-            prob = acc[:, : hi - lo, :w] / wsum[None, : hi - lo, :w]
-            mask[lo:hi] = prob.argmax(axis=0).astype(mask.dtype)
+            # The weight sum is the same for every class: the argmax needs no division.
+            mask[lo:hi] = _argmax_classes(acc[:, : hi - lo, :w]).astype(mask.dtype, copy=False)
             if out_probabilities is not None:
+                prob = acc[:, : hi - lo, :w] / wsum[None, : hi - lo, :w]
                 out_probabilities[:, lo:hi] = prob.astype(out_probabilities.dtype)
         acc[:, : patch - n] = acc[:, n:].copy()
         acc[:, patch - n :] = 0
@@ -123,17 +135,17 @@ def predict_tiled(
     for y in rows:
         flush(y)
         base = y
-        band = [x for yy, x in tiles if yy == y]
-        for start in range(0, len(band), batch_size):
-            xs = band[start : start + batch_size]
+        wsum += band_weight
+        for start in range(0, len(columns), batch_size):
+            xs = columns[start : start + batch_size]
             batch = torch.from_numpy(
                 np.stack([padded[:, y : y + patch, x : x + patch] for x in xs])
             )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                prob = predict_probabilities(model, batch, channels_last, tta).float().numpy()
-            for p, x in zip(prob, xs, strict=True):
-                acc[:, :, x : x + patch] += p * weight
-                wsum[:, x : x + patch] += weight
+                prob = predict_probabilities(model, batch, channels_last, tta)
+            weighted = prob.float().mul_(weight_t).numpy()  # in place: no second batch copy
+            for p, x in zip(weighted, xs, strict=True):
+                acc[:, :, x : x + patch] += p
             done += len(xs)
             if progress is not None:
                 progress(done, len(tiles))

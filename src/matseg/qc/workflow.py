@@ -24,7 +24,7 @@ import numpy as np
 from matseg.atomic import write_bytes, write_json
 from matseg.datasets.discover import expand_file
 from matseg.datasets.loading import ItemLoader, resize_pair
-from matseg.datasets.readers import is_supported, normalise
+from matseg.datasets.readers import input_files, match_channels, normalise
 from matseg.datasets.spec import DatasetSpec, load_spec
 from matseg.datasets.tiling import Window, cut, tile_windows
 from matseg.errors import DataError, SpecError, read_json
@@ -120,16 +120,7 @@ def read_images(spec: DatasetSpec, paths: Sequence[Path]) -> list[tuple[str, np.
     """
     unlabelled = spec.model_copy(update={"masks": None, "encoding": None})
     loader = ItemLoader(unlabelled)
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.is_file() and is_supported(p)))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(str(path), "an image file or a folder of images", "nothing there")
-    if not files:
-        raise DataError(", ".join(map(str, paths)), "supported image files", "none")
+    files = input_files(paths, "an image file or a folder of images")
     out = []
     for path in files:
         for item in expand_file(path, None, unlabelled, ""):
@@ -161,22 +152,6 @@ def scenario_images(
 
 
 # --- embeddings and detectors ------------------------------------------------------------------
-
-
-def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Grey shown to an RGB model is repeated; colour shown to a grey model is averaged.
-
-    (What a user does when a micrograph of another instrument meets the model.) Other channel
-    counts cannot be matched and are an error.
-    """
-    c = image.shape[0]
-    if c == channels:
-        return image
-    if c == 1:
-        return np.repeat(image, channels, axis=0)
-    if channels == 1:
-        return image.mean(axis=0, keepdims=True)
-    raise DataError("quality control", f"images with 1 or {channels} channels", f"{c} channels")
 
 
 def embed(loaded: LoadedJob, patches: Patches) -> Embeddings:
@@ -304,7 +279,7 @@ class Scored:
 def score(fitted: FittedQC, images: list[tuple[str, np.ndarray]], seed: int = 0) -> Scored:
     s = fitted.loaded.settings
     channels = fitted.loaded.data.in_channels
-    images = [(key, match_channels(image, channels)) for key, image in images]
+    images = [(key, match_channels(image, channels, "quality control")) for key, image in images]
     patches = cut_patches(images, s.patch_size, s.max_patches_per_image, s.seed + 100 + seed)
     emb = embed(fitted.loaded, patches)
     return Scored(patches, {n: d.score_samples(emb) for n, d in fitted.detectors.items()})
@@ -453,11 +428,16 @@ def evaluate_qc(
     return result
 
 
-def score_new_images(fitted: FittedQC, paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Per-image typicality and flags of new images (streaming: each scored on its own)."""
-    images = read_images(fitted.loaded.data.inspection.spec, paths)
+def score_arrays(fitted: FittedQC, images: list[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Per-image typicality and flags of prepared (C, H, W) images, each scored on its own."""
     rows = []
     for key, image in images:
         rows.extend(_per_image_rows(fitted, "new", score(fitted, [(key, image)])))
+    return rows
+
+
+def score_new_images(fitted: FittedQC, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Per-image typicality and flags of new image files (streaming: each scored on its own)."""
+    rows = score_arrays(fitted, read_images(fitted.loaded.data.inspection.spec, paths))
     write_bytes(fitted.loaded.folder / "new_scores.csv", _csv(rows))
     return rows

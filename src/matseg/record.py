@@ -75,6 +75,9 @@ class DatasetContext(_Model):
     splits: dict[str, int] = Field(description="images per split")
     fingerprint: dict[str, Any] | None = Field(description="matseg's dataset fingerprint")
     leakage_warnings: list[str]
+    notes: list[str] = Field(
+        default_factory=list, description="e.g. data unreadable at record time"
+    )
 
 
 class ImageScore(_Model):
@@ -285,6 +288,7 @@ def _dataset_context(
     spec = job.spec
     finger: dict[str, Any] | None = None
     leaks: list[str] = []
+    notes: list[str] = []
     splits: dict[str, int] = {}
     try:
         ins = inspect_dataset(spec_from_dict(spec, where=f"dataset {job.dataset}"), cache_dir=cache)
@@ -297,7 +301,7 @@ def _dataset_context(
             for leak in ins.leaks
         ]
     except MatsegError as exc:  # the data moved since training: say so, keep the rest
-        leaks = [f"dataset not readable when the record was written: {exc.line()}"]
+        notes = [f"dataset not readable when the record was written: {exc.line()}"]
     return DatasetContext(
         name=job.dataset,
         modality=str(spec.get("modality", "other")),
@@ -308,6 +312,7 @@ def _dataset_context(
         splits=splits,
         fingerprint=finger,
         leakage_warnings=leaks,
+        notes=notes,
     )
 
 

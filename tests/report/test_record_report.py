@@ -208,3 +208,19 @@ def test_cli_report_compare_recommend(reported_run: Path, tmp_path: Path) -> Non
     res = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "no such file" in res.output
     assert suggest_for_profile(tmp_path / "p.json", [])[0].dataset == "synthetic-particles"
+
+
+def test_record_of_a_run_whose_data_moved_says_so(reported_run: Path, tmp_path: Path) -> None:
+    from matseg.record import build_record
+
+    run = tmp_path / reported_run.name
+    shutil.copytree(reported_run, run, ignore=shutil.ignore_patterns("cache"))
+    plan = json.loads((run / "plan.json").read_text())
+    plan["jobs"][0]["spec"]["root"] = str(tmp_path / "moved-away")
+    (run / "plan.json").write_text(json.dumps(plan))
+    record = build_record(run)
+    (ctx,) = record.datasets
+    assert ctx.leakage_warnings == [] and ctx.fingerprint is None
+    assert "not readable when the record was written" in ctx.notes[0]
+    assert record.figures == {}  # no sample figure without the data, and no crash
+    assert record.jobs[0].evaluations["test"].macro_iou is not None  # the metrics are kept

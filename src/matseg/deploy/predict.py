@@ -49,6 +49,16 @@ class Prediction:
     class_fractions: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """How an input is cut and run: tile size, overlap, tiles per forward, precision."""
+
+    patch: int
+    overlap: float = 0.25
+    batch_size: int = 8
+    precision: str = "32"
+
+
 @dataclass
 class PredictSummary:
     job: str
@@ -148,10 +158,7 @@ def predict_volume(
     trained: TrainedJob,
     path: Path,
     out: Path,
-    patch: int,
-    overlap: float,
-    batch_size: int,
-    precision: str,
+    tiling: Tiling,
     axis: int,
     fuse_axes: bool,
     probabilities: bool,
@@ -178,7 +185,8 @@ def predict_volume(
         prob[:] = 0
     common = dict(
         model=trained.model, volume=volume, num_classes=k, channels=trained.data.in_channels,
-        patch=patch, overlap=overlap, batch_size=batch_size, precision=precision,
+        patch=tiling.patch, overlap=tiling.overlap, batch_size=tiling.batch_size,
+        precision=tiling.precision,
         channels_last=uses_channels_last(trained.job.training), normalise_mode=spec.normalise,
         say=lambda m: say(f"{path.name}: {m}"),
     )  # fmt: skip
@@ -232,10 +240,7 @@ def predict_image(
     trained: TrainedJob,
     path: Path,
     out: Path,
-    patch: int,
-    overlap: float,
-    batch_size: int,
-    precision: str,
+    tiling: Tiling,
     probabilities: bool,
 ) -> Prediction:
     """One 2D image: read like the dataset reads its own, sliding windows, mask PNG."""
@@ -254,16 +259,17 @@ def predict_image(
         else None
     )
     mask = predict_tiled(
-        trained.model, image, k, patch, overlap, batch_size, precision,
-        uses_channels_last(trained.job.training), out_probabilities=prob,
+        trained.model, image, k, tiling.patch, tiling.overlap, tiling.batch_size,
+        tiling.precision, uses_channels_last(trained.job.training), out_probabilities=prob,
     )  # fmt: skip
     if prob is not None:
         prob.flush()
         del prob
     mask_path = write_bytes(out / f"{path.stem}_mask.png", _png(mask))
+    tiles = tiles_per_image(h, w, tiling.patch, tiling.overlap)
     return Prediction(str(path), "image", (h, w), str(mask_path),
                       str(prob_path) if prob_path else None, time.perf_counter() - start,
-                      tiles_per_image(h, w, patch, overlap), _fractions(mask, classes))  # fmt: skip
+                      tiles, _fractions(mask, classes))  # fmt: skip
 
 
 def _quality(trained: TrainedJob, files: list[Path], slices: int = 16) -> list[dict[str, Any]]:
@@ -304,18 +310,20 @@ def predict_inputs(
     """Predict every input with the run's job (default: best validation IoU); files into out."""
     say = say or (lambda _: None)
     trained = load_trained(run, job)
-    patch = trained.job.training.get("patch_size") or 256
-    precision = precision or trained.job.training["precision"]
+    tiling = Tiling(
+        patch=trained.job.training.get("patch_size") or 256,
+        overlap=overlap,
+        batch_size=batch_size,
+        precision=precision or trained.job.training["precision"],
+    )
     files = input_files(inputs, "an image, a TIFF stack or a folder of them")
     summary = PredictSummary(trained.job.hash, out)
     out.mkdir(parents=True, exist_ok=True)
     for path in files:
         if is_volume(path):
-            pred = predict_volume(trained, path, out, patch, overlap, batch_size, precision,
-                                  axis, fuse_axes, probabilities, say)  # fmt: skip
+            pred = predict_volume(trained, path, out, tiling, axis, fuse_axes, probabilities, say)
         else:
-            pred = predict_image(trained, path, out, patch, overlap, batch_size, precision,
-                                 probabilities)  # fmt: skip
+            pred = predict_image(trained, path, out, tiling, probabilities)
         say(f"{path.name}: {pred.kind} {pred.shape}, {pred.tiles} tiles, {pred.seconds:.1f} s")
         summary.predictions.append(pred)
     if quality:

@@ -85,17 +85,15 @@ def image_benchmark(size: int, repeats: int = 3) -> None:
 
 
 def volume_benchmark(size: int) -> None:
-    from matseg.deploy.predict import predict_volume_array
+    from matseg.deploy.predict import Tiling, predict_volume_array
 
     net = model()
     volume = np.random.default_rng(0).integers(0, 255, size=(size, size, size), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         out = tifffile.memmap(Path(tmp) / "m.tif", shape=volume.shape, dtype=np.uint8)
         start = time.perf_counter()
-        tiles = predict_volume_array(
-            net, volume, CLASSES, 3, PATCH, OVERLAP, BATCH, "bf16-mixed", True, "zscore",
-            axis=0, out_mask=out,
-        )  # fmt: skip
+        tiling = Tiling(PATCH, OVERLAP, BATCH, "bf16-mixed")
+        tiles = predict_volume_array(net, volume, CLASSES, 3, tiling, True, "zscore", out_mask=out)
         tiled = time.perf_counter() - start
         del out
     batches = [BATCH] * (tiles // BATCH) + ([tiles % BATCH] if tiles % BATCH else [])

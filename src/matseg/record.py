@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from matseg import __version__
 from matseg.atomic import write_bytes, write_json
 from matseg.errors import MatsegError, read_json
+from matseg.execution.job import prediction_file
 from matseg.plan import Job
 from matseg.results import read_job_metrics
 
@@ -345,18 +346,24 @@ def _split_evaluation(split: str, ev: dict[str, Any], folder: str) -> SplitEvalu
     per = s.get("per_image", {})
     classes = s["classes"]
     images = []
-    for n, meta in enumerate(ev.get("images", [])):
-        name = meta["key"].replace("/", "__")
-        iou_row = (per.get("iou") or [[None] * len(classes)])[n]
+    metas = ev.get("images", [])
+
+    def column(name: str, missing: Any = None) -> list[Any]:
+        return per.get(name) or [missing] * len(metas)
+
+    for meta, macro, fg, acc, row in zip(
+        metas, column("macro_iou"), column("foreground_iou"), column("pixel_accuracy"),
+        column("iou", [None] * len(classes)), strict=True,
+    ):  # fmt: skip
         images.append(
             ImageScore(
                 key=meta["key"],
                 source=meta.get("source", ""),
-                mask=f"{folder}/predictions/{split}/{name}.png",
-                macro_iou=(per.get("macro_iou") or [None] * (n + 1))[n],
-                foreground_iou=(per.get("foreground_iou") or [None] * (n + 1))[n],
-                pixel_accuracy=(per.get("pixel_accuracy") or [None] * (n + 1))[n],
-                iou_per_class=dict(zip(classes, iou_row, strict=True)),
+                mask=f"{folder}/{prediction_file(split, meta['key'])}",
+                macro_iou=macro,
+                foreground_iou=fg,
+                pixel_accuracy=acc,
+                iou_per_class=dict(zip(classes, row, strict=True)),
             )
         )
     baselines = {
@@ -382,7 +389,7 @@ def _split_evaluation(split: str, ev: dict[str, Any], folder: str) -> SplitEvalu
     )
 
 
-def _job_record(job: Job, result: dict[str, Any]) -> JobRecord:
+def _job_record(job: Job, result: dict[str, Any], curves: list[CurvePoint]) -> JobRecord:
     folder = f"jobs/{job.hash}"
     return JobRecord(
         hash=job.hash,
@@ -400,7 +407,7 @@ def _job_record(job: Job, result: dict[str, Any]) -> JobRecord:
         best_val_iou=result.get("best_val_iou"),
         stopped_by=str(result.get("stopped_by", "")),
         weights_loaded=_nan_to_none(result.get("weights", {})),
-        curves=[],
+        curves=curves,
         evaluations={
             split: _split_evaluation(split, ev, folder)
             for split, ev in result.get("evaluations", {}).items()
@@ -500,9 +507,8 @@ def build_record(run: Path, sample_figures: bool = True) -> EvaluationRecord:
         raise RecordError(str(run), "a run with at least one finished job", "none finished")
     jobs = []
     for job, result in finished:
-        rec = _job_record(job, _nan_to_none(result))
-        rec.curves = _curves(run / "jobs" / job.hash / "curves.csv")
-        jobs.append(rec)
+        curves = _curves(run / "jobs" / job.hash / "curves.csv")
+        jobs.append(_job_record(job, _nan_to_none(result), curves))
     task = profile.get("task", {})
     contexts, seen = [], set()
     for job, result in finished:

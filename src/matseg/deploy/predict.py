@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import tifffile
 import torch
-from PIL import Image
 
 from matseg.atomic import write_bytes
 from matseg.datasets.readers import input_files, match_channels, normalise
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
+from matseg.execution.job import mask_png
 from matseg.execution.trained import TrainedJob, load_trained
 from matseg.training import predict_probabilities, uses_channels_last
 
@@ -85,21 +85,12 @@ def _fractions(mask: np.ndarray, classes: list[str]) -> dict[str, float]:
     return {c: round(float(n) / total, 6) for c, n in zip(classes, counts, strict=True)}
 
 
-def _png(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def predict_volume_array(
     model: torch.nn.Module,
     volume: np.ndarray,
     num_classes: int,
     channels: int,
-    patch: int,
-    overlap: float,
-    batch_size: int,
-    precision: str,
+    tiling: Tiling,
     channels_last: bool,
     normalise_mode: str,
     axis: int = 0,
@@ -114,6 +105,9 @@ def predict_volume_array(
     ``out_probabilities`` (K, z, y, x). Slices no larger than one tile are batched together
     (a 256^3 volume is 256 single-tile slices: one forward per batch, not per slice).
     """
+    patch, overlap, batch_size, precision = (
+        tiling.patch, tiling.overlap, tiling.batch_size, tiling.precision,
+    )  # fmt: skip
     n = volume.shape[axis]
     h, w = (s for i, s in enumerate(volume.shape) if i != axis)
     single_tile = h <= patch and w <= patch
@@ -185,9 +179,8 @@ def predict_volume(
         prob[:] = 0
     common = dict(
         model=trained.model, volume=volume, num_classes=k, channels=trained.data.in_channels,
-        patch=tiling.patch, overlap=tiling.overlap, batch_size=tiling.batch_size,
-        precision=tiling.precision,
-        channels_last=uses_channels_last(trained.job.training), normalise_mode=spec.normalise,
+        tiling=tiling, channels_last=uses_channels_last(trained.job.training),
+        normalise_mode=spec.normalise,
         say=lambda m: say(f"{path.name}: {m}"),
     )  # fmt: skip
     start, tiles = time.perf_counter(), 0
@@ -265,7 +258,7 @@ def predict_image(
     if prob is not None:
         prob.flush()
         del prob
-    mask_path = write_bytes(out / f"{path.stem}_mask.png", _png(mask))
+    mask_path = write_bytes(out / f"{path.stem}_mask.png", mask_png(mask))
     tiles = tiles_per_image(h, w, tiling.patch, tiling.overlap)
     return Prediction(str(path), "image", (h, w), str(mask_path),
                       str(prob_path) if prob_path else None, time.perf_counter() - start,

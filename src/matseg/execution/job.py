@@ -74,10 +74,16 @@ def prepare_dataset(job: Job, cache_dir: Path | None) -> PreparedData:
     return PreparedData(ins, classes, channels.pop(), frequencies, ins.dataset(cache_dir))
 
 
-def _png(mask: np.ndarray) -> bytes:
+def mask_png(mask: np.ndarray) -> bytes:
+    """A class-id mask as PNG bytes (8-bit)."""
     buf = io.BytesIO()
     Image.fromarray(mask.astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def prediction_file(split: str, key: str) -> str:
+    """Where a job folder keeps the predicted mask of one image (relative to the job folder)."""
+    return f"predictions/{split}/{key.replace('/', '__')}.png"
 
 
 def _curves_csv(history: list[dict[str, float]]) -> bytes:
@@ -123,8 +129,7 @@ def evaluate_split(
         assert sample.mask is not None
         confusions[n] = metrics.confusion_matrix(pred, sample.mask, k, spec.ignore_index)
         counts[n] = confusions[n].sum(axis=1)
-        name = sample.meta.key.replace("/", "__")
-        write_bytes(folder / "predictions" / split / f"{name}.png", _png(pred))
+        write_bytes(folder / prediction_file(split, sample.meta.key), mask_png(pred))
         per_image.append({"key": sample.meta.key, "source": sample.meta.source})
     scores = metrics.score_images(confusions, data.classes, data.train_frequencies, seed=job.seed)
     base = metrics.baselines(counts, data.train_frequencies, data.classes)

@@ -11,7 +11,8 @@ import numpy as np
 from matseg.record import EvaluationRecord
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display here)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def _pyplot() -> Any:
 
 def png(fig: Any, dpi: int = 80) -> bytes:
     """A matplotlib figure as PNG bytes (the figure is closed)."""
-    plt = _pyplot()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -32,7 +33,7 @@ def png(fig: Any, dpi: int = 80) -> bytes:
 
 def iou_by_combination(record: EvaluationRecord, split: str = "test") -> bytes | None:
     """Per dataset: test macro IoU of each encoder + decoder with its bootstrap 95% interval."""
-    plt = _pyplot()
+    plt = pyplot()
     datasets = [d.name for d in record.datasets]
     if not datasets:
         return None
@@ -69,7 +70,7 @@ def iou_by_combination(record: EvaluationRecord, split: str = "test") -> bytes |
 
 def training_curves(record: EvaluationRecord) -> bytes | None:
     """Validation IoU and training loss per epoch of every job, one panel per dataset."""
-    plt = _pyplot()
+    plt = pyplot()
     datasets = [d.name for d in record.datasets]
     if not any(j.curves for j in record.jobs):
         return None
@@ -90,7 +91,7 @@ def training_curves(record: EvaluationRecord) -> bytes | None:
 
 def spread_across_contexts(record: EvaluationRecord, split: str = "test") -> bytes | None:
     """Best test IoU per dataset, and each decoder's best per dataset: the context effect."""
-    plt = _pyplot()
+    plt = pyplot()
     best: dict[str, dict[str, float]] = defaultdict(dict)
     for j in record.jobs:
         ev = j.evaluations.get(split)

@@ -10,8 +10,9 @@ from PIL import Image
 
 from matseg.atomic import write_bytes
 from matseg.errors import MatsegError
+from matseg.execution.job import prediction_file
 from matseg.plan import Job
-from matseg.report.figures import _pyplot, png
+from matseg.report.figures import png, pyplot
 
 
 def write_sample_figure(run: Path, job: Job, split: str = "test", n: int = 3) -> Path | None:
@@ -28,20 +29,13 @@ def write_sample_figure(run: Path, job: Job, split: str = "test", n: int = 3) ->
     rows = []
     for i in range(min(n, len(images))):
         sample = images[i]
-        pred_file = (
-            run
-            / "jobs"
-            / job.hash
-            / "predictions"
-            / split
-            / (sample.meta.key.replace("/", "__") + ".png")
-        )
+        pred_file = run / "jobs" / job.hash / prediction_file(split, sample.meta.key)
         if sample.mask is None or not pred_file.is_file():
             continue
         rows.append((sample, np.asarray(Image.open(pred_file)).astype(np.int64)))
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
     k = max(int(max(s.mask.max(), p.max())) for s, p in rows) + 1
     for r, (sample, pred) in enumerate(rows):

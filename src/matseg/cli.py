@@ -577,7 +577,13 @@ def qc_score(
 @app.command("explain")
 def explain_command(
     run: RunOption,
-    image: Annotated[Path, typer.Option("--image", help="The micrograph to explain.")],
+    images: Annotated[
+        list[Path],
+        typer.Option(
+            "--image",
+            help="The micrograph to explain; repeat for several (the compiled model is reused).",
+        ),
+    ],
     roi: Annotated[
         str | None,
         typer.Option(help="Region A: mask image, COCO / VIA polygon JSON, or y0,x0,y1,x1."),
@@ -588,33 +594,55 @@ def explain_command(
     stride: Annotated[int, typer.Option(help="Window step (1: exact mode).")] = 8,
     target: Annotated[str, typer.Option(help="Compare probabilities or mask.")] = "probabilities",
     precision: Annotated[str, typer.Option(help="32 (exact) or bf16-mixed (faster).")] = "32",
+    compile: Annotated[
+        str, typer.Option(help="Compile the model: auto (from 512 windows), on or off.")
+    ] = "auto",
     faithful: Annotated[bool, typer.Option(help="Run the deletion-curve check.")] = True,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Counterfactual influence heatmap H of one image inside the expert's region A."""
+    """Counterfactual influence heatmap H of each image inside the expert's region A."""
     from matseg.explain.run import explain_image
 
     if target not in ("probabilities", "mask"):
         err.print(f"[bold red]error[/]: --target: expected probabilities or mask, found {target}")
         raise typer.Exit(2)
-    with _friendly_errors(), _progress("perturbed windows", not as_json) as bar:
-        result = explain_image(
-            run, image, roi, job, kernel, window, stride, target,  # type: ignore[arg-type]
-            precision, out_dir, faithful, progress=bar,
-        )  # fmt: skip
+    results = []
+    for image in images:
+        with _friendly_errors(), _progress("perturbed windows", not as_json) as bar:
+            results.append(
+                explain_image(
+                    run, image, roi, job, kernel, window, stride, target,  # type: ignore[arg-type]
+                    precision, _explain_folder(out_dir, image, len(images)), faithful, progress=bar,
+                    compile=compile,  # type: ignore[arg-type]
+                )
+            )  # fmt: skip
+        if not as_json:
+            _print_explanation(results[-1])
     if as_json:
-        out.print_json(data=result)
-        return
+        out.print_json(data=results[0] if len(results) == 1 else results)
+
+
+def _explain_folder(out_dir: Path | None, image: Path, count: int) -> Path | None:
+    """--out for one image; one subfolder per image stem when several are explained."""
+    if out_dir is None or count == 1:
+        return out_dir
+    return out_dir / image.stem
+
+
+def _print_explanation(result: dict[str, Any]) -> None:
     conc = result["concentration"]
+    compiled = ", compiled" if result["compiled"] else ""
     out.print(
         f"{result['job_label']}: {result['windows_run']} windows run, "
         f"{result['windows_skipped_out_of_reach']} out of reach, {result['seconds']:.1f} s "
-        f"(batch {result['batch_size']}, {result['precision']})\n"
+        f"(batch {result['batch_size']}, {result['precision']}{compiled})\n"
         f"H inside A: {conc['roi_share']:.0%} of the mass on {conc['roi_area']:.0%} of the image; "
         f"on predicted boundaries: {conc['boundary_share']:.0%} on {conc['boundary_area']:.0%}",
         highlight=False,
     )
+    for note in result["notes"]:
+        out.print(f"note: {note}", highlight=False)
     faith = result["faithfulness"]
     if faith:
         rows = ", ".join(

@@ -62,7 +62,19 @@ def spec_as_data(spec: DatasetSpec) -> dict[str, Any]:
 
 # Where a job trains, not what it trains: kept in the job, left out of its hash, so a run started
 # on a laptop resumes on a GPU node without retraining what finished.
-WHERE_FIELDS = ("accelerator",)
+WHERE_FIELDS = ("accelerator", "strategy")
+# What a job trains, but hashed only when not at the default, so that runs from before these
+# fields existed keep their hashes (one device on one node is what every earlier run used).
+HASHED_WHEN_SET = {"devices": 1, "num_nodes": 1}
+
+
+def training_identity(training: dict[str, Any]) -> dict[str, Any]:
+    """The training block as it enters a hash: no where-fields, no unset device counts."""
+    return {
+        k: v
+        for k, v in training.items()
+        if k not in WHERE_FIELDS and not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])
+    }
 
 
 def _training_for_job(training: Training) -> dict[str, Any]:
@@ -88,9 +100,8 @@ def compile_plan(profile: Profile, specs: list[DatasetSpec] | None = None) -> Pl
             "training": training,
             "classes": profile.task.classes,
         }
-        what = {**content, "training": {k: v for k, v in training.items() if k not in WHERE_FIELDS}}
+        what = {**content, "training": training_identity(training)}
         jobs.append(Job(hash=content_hash(what), dataset=spec.name, **content))
-    profile_hash = content_hash(
-        profile.model_dump(mode="json", exclude={"training": set(WHERE_FIELDS)})
-    )
+    dumped = profile.model_dump(mode="json")
+    profile_hash = content_hash({**dumped, "training": training_identity(dumped["training"])})
     return Plan(profile_name=profile.name, profile_hash=profile_hash, jobs=jobs)

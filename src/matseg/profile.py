@@ -95,6 +95,19 @@ class Training(_Block):
         description="where a job trains: 'auto' takes one GPU when there is one, else the CPU "
         "(evaluation, QC and explanations run on the CPU); not part of the job's hash",
     )
+    devices: int = Field(
+        default=1,
+        ge=1,
+        description="devices (GPUs, or CPU processes) one job trains on, data-parallel (DDP) "
+        "when more than 1; batch_size is per device, so the job's batch is devices x num_nodes "
+        "x batch_size and the count is part of the job's hash",
+    )
+    num_nodes: int = Field(default=1, ge=1, description="machines one job trains on (SLURM)")
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_fork"] = Field(
+        default="auto",
+        description="how the processes of a multi-device job start: 'auto' spawns them, or joins "
+        "those a cluster launcher started (srun, torchrun); not part of the job's hash",
+    )
 
     @field_validator("patch_size")
     @classmethod

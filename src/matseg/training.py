@@ -9,10 +9,13 @@ metrics on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,9 +167,12 @@ class SegmentationModule(L.LightningModule):
         ignore_index: int,
         channels_last: bool,
         time_budget_s: float | None = None,
+        handback: Path | None = None,
     ) -> None:
         super().__init__()
         self.time_budget_s = time_budget_s
+        self.handback = handback  # where rank 0 leaves the outcome of a multi-process fit
+        self.outcome: dict[str, Any] | None = None
         self._fit_start = time.perf_counter()
         self.model = model
         self.num_classes = num_classes
@@ -227,17 +233,23 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        val_iou = float(np.nanmean(metrics.iou(self._val_cm.numpy())))
-        self.log("val_iou", val_iou, prog_bar=True)
+        # each process validated its own share of the images (ValidationShards): sum the
+        # confusion matrices, so every process takes the same best-epoch decision
+        cm = self.trainer.strategy.reduce(self._val_cm.to(self.device), reduce_op="sum")
+        val_iou = float(np.nanmean(metrics.iou(cm.cpu().numpy())))
+        # already equal on every process; "max" only tells Lightning it is synchronised
+        distributed = self.trainer.world_size > 1
+        self.log("val_iou", val_iou, prog_bar=True, sync_dist=distributed, reduce_fx="max")
         if val_iou > self.best_iou:
             self.best_iou, self.best_epoch = val_iou, self.current_epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        loss = float(np.mean(self._epoch_losses)) if self._epoch_losses else float("nan")
+        if self.trainer.world_size > 1:  # the mean over the processes' shares of the crops
+            loss = float(self.trainer.strategy.reduce(torch.tensor(loss), reduce_op="mean"))
         self.history.append(
             {
                 "epoch": self.current_epoch,
-                "train_loss": float(np.mean(self._epoch_losses))
-                if self._epoch_losses
-                else float("nan"),
+                "train_loss": loss,
                 "val_iou": val_iou,
                 "lr": self._epoch_lr,
                 "seconds": time.perf_counter() - self._epoch_start,
@@ -264,11 +276,36 @@ class SegmentationModule(L.LightningModule):
 
     def _budget_fraction_cosine(self, step: int) -> float:
         assert self.time_budget_s is not None
-        done = min(1.0, (time.perf_counter() - self._fit_start) / self.time_budget_s)
+        elapsed = time.perf_counter() - self._fit_start
+        if self.trainer.world_size > 1:  # rank 0's clock, so every process steps the same rate
+            elapsed = float(self.trainer.strategy.broadcast(elapsed, src=0))
+        done = min(1.0, elapsed / self.time_budget_s)
         return 0.5 * (1.0 + math.cos(math.pi * done))
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
+
+    def on_fit_end(self) -> None:
+        stopper = next(
+            (c for c in self.trainer.callbacks if isinstance(c, L.pytorch.callbacks.EarlyStopping)),
+            None,
+        )
+        if stopper is not None and stopper.stopped_epoch > 0:
+            stopped = "early stopping"
+        elif self.trainer.current_epoch < self.max_epochs:
+            stopped = "time budget"
+        else:
+            stopped = "max epochs"
+        self.outcome = {
+            "best_state": self.best_state,
+            "best_iou": self.best_iou,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "stopped_by": stopped,
+        }
+        if self.trainer.world_size > 1 and self.trainer.is_global_zero and self.handback:
+            # processes started by spawning keep their state: hand rank 0's to the caller
+            torch.save(self.outcome, self.handback)
 
 
 class _NewEpochCrops(L.Callback):
@@ -279,6 +316,98 @@ class _NewEpochCrops(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.crops.epoch = trainer.current_epoch
+
+
+class ValidationShards(torch.utils.data.DistributedSampler):  # type: ignore[type-arg]
+    """Validation images split over the training processes, each image exactly once.
+
+    torch's DistributedSampler (which Lightning would insert) pads the shards to equal length
+    by repeating images, which would count them twice in the validation IoU. The process group
+    exists only once training starts, so rank and world size are read when iterating.
+    """
+
+    def __init__(self, length: int) -> None:  # no super().__init__: it needs the process group
+        self.length = length
+
+    @staticmethod
+    def _place() -> tuple[int, int]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = self._place()
+        return iter(range(rank, self.length, world))
+
+    def __len__(self) -> int:
+        rank, world = self._place()
+        return len(range(rank, self.length, world))
+
+    def set_epoch(self, epoch: int) -> None:  # the order of validation images never changes
+        pass
+
+
+def launched_by_cluster() -> bool:
+    """Whether a launcher started one process per device (SLURM srun, torchrun, Lightning)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return (
+        SLURMEnvironment.detect() or TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ
+    )
+
+
+def process_rank() -> int:
+    """This process's global rank among the training processes (0 when there is one).
+
+    The variables Lightning reads (RANK from torchrun, SLURM_PROCID under srun, LOCAL_RANK from
+    Lightning's own launcher), read at call time. Under SLURM only for a batch job Lightning
+    would use (SLURMEnvironment.detect), not for a shell that merely runs inside an allocation.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if SLURMEnvironment.detect() and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def distribution(training: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer's devices, nodes and strategy for a job's training block.
+
+    Several devices on one machine are started by spawning (``ddp_spawn``): the caller's
+    process keeps running the job, whatever started it (CLI, notebook, worker process, Ray
+    task). When a cluster launcher already started one process per device (SLURM, torchrun),
+    Lightning's ``ddp`` joins them, and only rank 0 writes results (see ``process_rank``).
+    """
+    devices = int(training.get("devices", 1))
+    nodes = int(training.get("num_nodes", 1))
+    strategy = training.get("strategy", "auto")
+    if strategy == "auto" and devices * nodes > 1:
+        strategy = "ddp" if launched_by_cluster() else "ddp_spawn"
+    return {"devices": devices, "num_nodes": nodes, "strategy": strategy}
+
+
+@contextlib.contextmanager
+def _tensors_shared_by_file(spawning: bool) -> Iterator[None]:
+    """While spawning training processes, hand them tensors through files in /dev/shm.
+
+    The spawned processes receive the model and data by pickling. torch's default way to share a
+    tensor, passing file descriptors, fails in some containers (an ftruncate EINVAL on receipt,
+    seen here); the file-name way works there and elsewhere. Restored after the fit.
+    """
+    import torch.multiprocessing as mp
+
+    if not spawning:
+        yield
+        return
+    before = mp.get_sharing_strategy()
+    mp.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        mp.set_sharing_strategy(before)
 
 
 def uses_channels_last(training: dict[str, Any]) -> bool:
@@ -325,7 +454,12 @@ def fit(
     train_loader = torch.utils.data.DataLoader(
         crops, batch_size=training["batch_size"], shuffle=True, generator=generator, drop_last=False
     )
-    val_loader = torch.utils.data.DataLoader(WholeImages(val), batch_size=1)
+    whole = WholeImages(val)
+    val_loader = torch.utils.data.DataLoader(
+        whole, batch_size=1, sampler=ValidationShards(len(whole))
+    )
+    handback = log_dir / "fit-outcome.pt"
+    handback.unlink(missing_ok=True)  # never read a previous attempt's outcome
     module = SegmentationModule(
         model,
         num_classes,
@@ -338,13 +472,15 @@ def fit(
         time_budget_s=60 * training["max_minutes"]
         if training.get("max_minutes") and training["scheduler"] == "cosine"
         else None,
+        handback=handback,
     )
     stopper = L.pytorch.callbacks.EarlyStopping(
         "val_iou", mode="max", patience=training["patience"]
     )
+    where = distribution(training)
     trainer = L.Trainer(
         accelerator=training.get("accelerator", "auto"),
-        devices=1,
+        **where,
         precision=precision,
         max_epochs=training["max_epochs"],
         max_time={"minutes": training["max_minutes"]} if training.get("max_minutes") else None,
@@ -359,24 +495,27 @@ def fit(
         log_every_n_steps=1,
     )
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with _tensors_shared_by_file(where["strategy"] == "ddp_spawn"):
+        trainer.fit(module, train_loader, val_loader)
     seconds = time.perf_counter() - start
-    if module.best_state is not None:
-        module.model.load_state_dict(module.best_state)
-    stopped = (
-        "early stopping"
-        if stopper.stopped_epoch > 0
-        else ("time budget" if trainer.current_epoch + 1 < training["max_epochs"] else "max epochs")
-    )
+    outcome = module.outcome
+    if handback.exists():  # spawned processes trained it: rank 0 left what it found here
+        outcome = torch.load(handback, weights_only=False)
+        handback.unlink()
+    if outcome is None:
+        raise RuntimeError(f"training in {log_dir} ended without an outcome from rank 0")
+    if outcome["best_state"] is not None:
+        module.model.load_state_dict(outcome["best_state"])
     model_out = module.model.cpu().to(memory_format=torch.contiguous_format)
     return FitResult(
         model=copy.deepcopy(model_out).eval(),
-        best_epoch=module.best_epoch,
-        best_val_iou=module.best_iou,
-        epochs_run=len(module.history),
+        best_epoch=outcome["best_epoch"],
+        best_val_iou=outcome["best_iou"],
+        epochs_run=len(outcome["history"]),
         seconds=seconds,
-        history=module.history,
-        stopped_by=stopped,
+        history=outcome["history"],
+        stopped_by=outcome["stopped_by"],
     )
 
 

@@ -106,6 +106,16 @@ def test_cli_explain(run: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "16 windows run" in res.output and (tmp_path / "explain.png").is_file()
+    two = sorted((run.parent.parent / "data" / "images").glob("*.png"))[:2]
+    many = runner.invoke(app, [*args[:3], "--image", str(two[0]), "--image", str(two[1]),
+                               "--window", "16", "--stride", "16", "--no-faithful", "--compile",
+                               "off", "--out", str(tmp_path / "many"), "--json"])  # fmt: skip
+    assert many.exit_code == 0, many.output
+    listed = json.loads(many.output)
+    assert [Path(r["image"]).name for r in listed] == [two[0].name, two[1].name]
+    for path in two:
+        assert (tmp_path / "many" / path.stem / "heatmap.npy").is_file()
+    assert not listed[0]["compiled"]
     bad = runner.invoke(app, ["explain", "--run", str(run), "--image", str(image), "--kernel",
                               "sharpen", "--out", str(tmp_path)])  # fmt: skip
     assert bad.exit_code == 2 and "kernel" in bad.output

@@ -75,7 +75,7 @@ def test_hard_mask_target_and_exact_mode(model, image) -> None:
     expected = _brute_force(model, image, roi, "blur", 8, 4, target="mask")
     np.testing.assert_allclose(hm.window_scores, expected, atol=1e-6)
     small = np.random.default_rng(1).normal(size=(1, 32, 32)).astype(np.float32)
-    exact = counterfactual_heatmap(model, small, None, window=4, stride=1)
+    exact = counterfactual_heatmap(model, small, None, window=4, stride=1, compile="off")
     assert exact.window_scores.shape == (29, 29) and exact.image_map.shape == (32, 32)
 
 
@@ -115,6 +115,31 @@ def test_same_map_as_captum_occlusion(model, image) -> None:
         perturbations_per_eval=8,
     )  # fmt: skip
     np.testing.assert_allclose(hm.image_map, -attr[0, 0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_forward_gives_the_eager_map(model, image, monkeypatch) -> None:
+    """Inductor with frozen weights: the fp32 map equals the eager one within float noise, the
+    last, partial batch is padded (one graph), and a second model is not served the first
+    model's frozen weights."""
+    roi = _region()
+    eager = counterfactual_heatmap(model, image, roi, window=16, stride=8, compile="off")
+    fast = counterfactual_heatmap(model, image, roi, window=16, stride=8, compile="on")
+    assert fast.compiled and not eager.compiled and fast.evaluated % fast.batch_size != 0
+    np.testing.assert_allclose(fast.window_scores, eager.window_scores, rtol=1e-4, atol=1e-5)
+    torch.manual_seed(1)
+    other, _ = build_model("resnet18", "unet", 1, 3)
+    other_eager = counterfactual_heatmap(other.eval(), image, roi, window=16, stride=8, compile="off")
+    other_fast = counterfactual_heatmap(other, image, roi, window=16, stride=8, compile="on")
+    assert np.abs(other_eager.window_scores - eager.window_scores).max() > 1e-3
+    np.testing.assert_allclose(
+        other_fast.window_scores, other_eager.window_scores, rtol=1e-4, atol=1e-5
+    )
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    fallback = counterfactual_heatmap(model, image, roi, window=16, stride=8, compile="on")
+    assert not fallback.compiled and "no C++ compiler" in fallback.notes[0]
+    np.testing.assert_array_equal(fallback.window_scores, eager.window_scores)
+    with pytest.raises(ValueError, match="compile: expected auto, on or off"):
+        counterfactual_heatmap(model, image, roi, compile="yes")  # type: ignore[arg-type]
 
 
 def test_spread_averages_covering_windows() -> None:

@@ -27,7 +27,9 @@ from matseg.datasets.spec import spec_from_dict
 from matseg.errors import DataError
 from matseg.models import build_model, save_weights
 from matseg.plan import Job
-from matseg.training import fit, predict, uses_channels_last
+from matseg.training import FitResult, fit, predict, process_rank, uses_channels_last
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 
@@ -168,34 +170,44 @@ class _JobLog:
             self.handler.close()
 
 
+def _train(
+    job: Job, data: PreparedData, folder: Path, progress_bar: bool
+) -> tuple[FitResult, Any]:
+    """The job's model, seeded and built, trained on its train split; and its weights' source."""
+    torch.manual_seed(job.seed)  # random initialisation is part of the seeded protocol
+    model, weights = build_model(
+        job.encoder, job.decoder, data.in_channels, len(data.classes), job.weights, job.weights_url
+    )
+    log.info("weights: %s", weights)
+    train, val = data.dataset.split("train"), data.dataset.split("val")
+    fitted = fit(
+        model,
+        train,
+        val,
+        len(data.classes),
+        job.training,
+        job.seed,
+        data.inspection.spec.ignore_index,
+        folder,
+        progress_bar,
+    )
+    return fitted, weights
+
+
 def run_job(
     job: Job, data: PreparedData, folder: Path, progress_bar: bool = True
 ) -> dict[str, Any]:
-    """Train and evaluate one job into ``folder``; return what ``metrics.json`` holds."""
+    """Train and evaluate one job into ``folder``; return what ``metrics.json`` holds.
+
+    In a multi-device job started by a cluster launcher, every process calls this; the
+    processes other than rank 0 train in step with it and write nothing (they return {}).
+    """
+    if process_rank() != 0:
+        _train(job, data, folder, progress_bar=False)
+        return {}
     with _JobLog(folder / "log.txt") as logger:
         logger.info("job %s: %s", job.hash, job.label())
-        torch.manual_seed(job.seed)  # random initialisation is part of the seeded protocol
-        model, weights = build_model(
-            job.encoder,
-            job.decoder,
-            data.in_channels,
-            len(data.classes),
-            job.weights,
-            job.weights_url,
-        )
-        logger.info("weights: %s", weights)
-        train, val = data.dataset.split("train"), data.dataset.split("val")
-        fitted = fit(
-            model,
-            train,
-            val,
-            len(data.classes),
-            job.training,
-            job.seed,
-            data.inspection.spec.ignore_index,
-            folder,
-            progress_bar,
-        )
+        fitted, weights = _train(job, data, folder, progress_bar)
         logger.info(
             "trained %d epochs in %.1f s (%s); best val IoU %.4f at epoch %d",
             fitted.epochs_run,

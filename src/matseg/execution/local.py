@@ -21,6 +21,7 @@ from matseg.execution.job import METRICS_FILE, PreparedData, prepare_dataset, ru
 from matseg.plan import Plan, compile_plan
 from matseg.profile import Profile, resolve_datasets
 from matseg.results import best_rows, read_job_metrics, write_results
+from matseg.training import process_rank
 
 Progress = Callable[[str, int, int], None]
 
@@ -41,6 +42,22 @@ class RunSummary:
 def run_folder(profile: Profile, plan: Plan, out: Path) -> Path:
     """``<out>/<profile-name>-<first 8 of the profile hash>``."""
     return out / f"{profile.name}-{plan.profile_hash[:8]}"
+
+
+def _follow_rank_zero(plan: Plan, folder: Path) -> RunSummary:
+    """A non-zero rank of a cluster-launched multi-device run: train each pending job in step
+    with rank 0 (which decides, evaluates and writes everything) and write nothing."""
+    summary = RunSummary(folder, plan)
+    jobs_dir = folder / "jobs"
+    prepared: dict[str, PreparedData] = {}
+    for job in plan.jobs:
+        if (jobs_dir / job.hash / METRICS_FILE).exists():
+            continue
+        if job.dataset not in prepared:
+            prepared[job.dataset] = prepare_dataset(job, None)
+        run_job(job, prepared[job.dataset], jobs_dir / job.hash, progress_bar=False)
+        summary.trained.append(job.hash)
+    return summary
 
 
 def run_profile(
@@ -68,6 +85,8 @@ def run_profile(
     plan = compile_plan(profile, specs)
     folder = run_folder(profile, plan, out)
     jobs_dir = folder / "jobs"
+    if process_rank() != 0:
+        return _follow_rank_zero(plan, folder)
     if jobs_dir.exists() and any(jobs_dir.iterdir()) and not resume:
         raise SpecError(
             str(folder),

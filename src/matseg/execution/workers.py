@@ -66,8 +66,9 @@ def run_on_ray(
     retries: int = 3,
     progress: Progress | None = None,
 ) -> list[str]:
-    """One Ray task per job (a GPU each when the cluster has GPUs, else ``cpus_per_job`` CPUs);
-    a task whose worker dies is retried up to ``retries`` times."""
+    """One Ray task per job (``training.devices`` GPUs each when the cluster has GPUs, else
+    ``cpus_per_job`` CPUs per device); a task whose worker dies is retried up to ``retries``
+    times."""
     try:
         import ray
     except ImportError as exc:
@@ -79,14 +80,17 @@ def run_on_ray(
                  ignore_reinit_error=True)  # fmt: skip
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        remote = ray.remote(run_job_in_worker).options(
-            num_cpus=cpus_per_job, num_gpus=1 if gpus else 0, max_retries=retries,
-            retry_exceptions=False,
-        )  # fmt: skip
-        refs = {
-            remote.remote(job.model_dump(mode="json"), str(folder.resolve()), cpus_per_job): job
-            for job in jobs
-        }
+        remote = ray.remote(run_job_in_worker)
+
+        def submit(job: Job) -> Any:
+            # a multi-device job (training.devices) asks for that many GPUs, or CPU shares
+            devices = int(job.training.get("devices", 1))
+            return remote.options(
+                num_cpus=cpus_per_job * (1 if gpus else devices),
+                num_gpus=devices if gpus else 0, max_retries=retries, retry_exceptions=False,
+            ).remote(job.model_dump(mode="json"), str(folder.resolve()), cpus_per_job)  # fmt: skip
+
+        refs = {submit(job): job for job in jobs}
         done: list[str] = []
         pending = list(refs)
         while pending:

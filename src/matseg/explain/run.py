@@ -19,7 +19,7 @@ from scipy import ndimage
 from matseg.atomic import write_bytes, write_json, write_npy
 from matseg.execution.trained import load_trained
 from matseg.explain.faithfulness import Faithfulness, faithfulness
-from matseg.explain.heatmap import Heatmap, Progress, Target, counterfactual_heatmap
+from matseg.explain.heatmap import Compile, Heatmap, Progress, Target, counterfactual_heatmap
 from matseg.explain.roi import read_image, region_of_interest
 from matseg.training import predict_probabilities
 
@@ -57,6 +57,7 @@ def explain_image(
     out: Path | None = None,
     check_faithfulness: bool = True,
     progress: Progress | None = None,
+    compile: Compile = "auto",
 ) -> dict[str, Any]:
     """Heatmap (and its faithfulness) of one image for a run's job; files into ``out``."""
     trained = load_trained(run, job)
@@ -65,8 +66,9 @@ def explain_image(
     region = region_of_interest(roi, target_image, spec)
     image = target_image.image
     heat = counterfactual_heatmap(
-        trained.model, image, region, kernel, window, stride, target, precision, progress=progress
-    )
+        trained.model, image, region, kernel, window, stride, target, precision,
+        progress=progress, compile=compile,
+    )  # fmt: skip
     with torch.no_grad():
         prob = predict_probabilities(trained.model, torch.from_numpy(image)[None], False)
     prediction = prob.argmax(1)[0].numpy()
@@ -94,6 +96,8 @@ def explain_image(
         "windows_skipped_out_of_reach": heat.skipped,
         "footprint_px": heat.footprint,
         "batch_size": heat.batch_size,
+        "compiled": heat.compiled,
+        "notes": heat.notes,
         "seconds": heat.seconds,
         "max_h": float(heat.window_scores.max()),
         "concentration": concentration(heat.image_map, region, prediction),

@@ -534,11 +534,11 @@ def predict_probabilities(
     """Class probabilities (N, K, H, W), averaged over the test-time views of ``tta``."""
     total = None
     for turns, mirror in TTA_VIEWS[tta]:
-        view = torch.rot90(x, turns, (2, 3))
+        view = torch.rot90(x, turns, (2, 3)) if turns else x  # rot90 copies even for 0 turns
         view = torch.flip(view, (3,)) if mirror else view
         prob = predict_logits(model, view, channels_last).float().softmax(dim=1)
         prob = torch.flip(prob, (3,)) if mirror else prob
-        prob = torch.rot90(prob, -turns, (2, 3))
+        prob = torch.rot90(prob, -turns, (2, 3)) if turns else prob
         total = prob if total is None else total + prob
     assert total is not None
     return total / len(TTA_VIEWS[tta])

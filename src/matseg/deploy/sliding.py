@@ -132,20 +132,26 @@ def predict_tiled(
         wsum[patch - n :] = 0
 
     autocast = precision == "bf16-mixed"
+    # torch views of the same memory: the copies and the blending run on torch's threads
+    source, acc_t = torch.from_numpy(padded), torch.from_numpy(acc)
+    step = columns[1] - columns[0] if len(columns) > 1 else patch
     for y in rows:
         flush(y)
         base = y
         wsum += band_weight
+        band = source[:, y : y + patch]
         for start in range(0, len(columns), batch_size):
             xs = columns[start : start + batch_size]
-            batch = torch.from_numpy(
-                np.stack([padded[:, y : y + patch, x : x + patch] for x in xs])
-            )
+            if all(b - a == step for a, b in zip(xs, xs[1:], strict=False)):
+                # evenly spaced tiles: one strided view of the band, one copy into the batch
+                strip = band[:, :, xs[0] : xs[-1] + patch].unfold(2, patch, step)
+                batch = strip.permute(2, 0, 1, 3).contiguous()
+            else:  # the last tile, moved back to end at the border
+                batch = torch.stack([band[:, :, x : x + patch] for x in xs])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                prob = predict_probabilities(model, batch, channels_last, tta)
-            weighted = prob.float().mul_(weight_t).numpy()  # in place: no second batch copy
-            for p, x in zip(weighted, xs, strict=True):
-                acc[:, :, x : x + patch] += p
+                prob = predict_probabilities(model, batch, channels_last, tta).float()
+            for n, x in enumerate(xs):  # acc += probabilities x importance, in one pass
+                acc_t[:, :, x : x + patch].addcmul_(prob[n], weight_t)
             done += len(xs)
             if progress is not None:
                 progress(done, len(tiles))

@@ -256,11 +256,7 @@ class SegmentationModule(L.LightningModule):
             }
         )
         self._epoch_losses = []
-        last = self.history[-1]
-        log.info(
-            "epoch %d: train loss %.4f, val IoU %.4f, lr %.2e, %.1f s",
-            last["epoch"], last["train_loss"], val_iou, last["lr"], last["seconds"],
-        )  # fmt: skip
+        _log_epoch(self.history[-1])
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
@@ -306,6 +302,13 @@ class SegmentationModule(L.LightningModule):
         if self.trainer.world_size > 1 and self.trainer.is_global_zero and self.handback:
             # processes started by spawning keep their state: hand rank 0's to the caller
             torch.save(self.outcome, self.handback)
+
+
+def _log_epoch(entry: dict[str, float]) -> None:
+    log.info(
+        "epoch %d: train loss %.4f, val IoU %.4f, lr %.2e, %.1f s",
+        entry["epoch"], entry["train_loss"], entry["val_iou"], entry["lr"], entry["seconds"],
+    )  # fmt: skip
 
 
 class _NewEpochCrops(L.Callback):
@@ -503,6 +506,8 @@ def fit(
     if handback.exists():  # spawned processes trained it: rank 0 left what it found here
         outcome = torch.load(handback, weights_only=False)
         handback.unlink()
+        for entry in outcome["history"]:  # the spawned processes' log lines did not reach here
+            _log_epoch(entry)
     if outcome is None:
         raise RuntimeError(f"training in {log_dir} ended without an outcome from rank 0")
     if outcome["best_state"] is not None:

@@ -128,7 +128,9 @@ def test_compiled_forward_gives_the_eager_map(model, image, monkeypatch) -> None
     np.testing.assert_allclose(fast.window_scores, eager.window_scores, rtol=1e-4, atol=1e-5)
     torch.manual_seed(1)
     other, _ = build_model("resnet18", "unet", 1, 3)
-    other_eager = counterfactual_heatmap(other.eval(), image, roi, window=16, stride=8, compile="off")
+    other_eager = counterfactual_heatmap(
+        other.eval(), image, roi, window=16, stride=8, compile="off"
+    )
     other_fast = counterfactual_heatmap(other, image, roi, window=16, stride=8, compile="on")
     assert np.abs(other_eager.window_scores - eager.window_scores).max() > 1e-3
     np.testing.assert_allclose(

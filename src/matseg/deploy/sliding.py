@@ -13,6 +13,7 @@ and would pull in MONAI for one function.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -142,7 +143,7 @@ def predict_tiled(
         band = source[:, y : y + patch]
         for start in range(0, len(columns), batch_size):
             xs = columns[start : start + batch_size]
-            if all(b - a == step for a, b in zip(xs, xs[1:], strict=False)):
+            if all(b - a == step for a, b in itertools.pairwise(xs)):
                 # evenly spaced tiles: one strided view of the band, one copy into the batch
                 strip = band[:, :, xs[0] : xs[-1] + patch].unfold(2, patch, step)
                 batch = strip.permute(2, 0, 1, 3).contiguous()

@@ -170,9 +170,7 @@ class _JobLog:
             self.handler.close()
 
 
-def _train(
-    job: Job, data: PreparedData, folder: Path, progress_bar: bool
-) -> tuple[FitResult, Any]:
+def _train(job: Job, data: PreparedData, folder: Path, progress_bar: bool) -> tuple[FitResult, Any]:
     """The job's model, seeded and built, trained on its train split; and its weights' source."""
     torch.manual_seed(job.seed)  # random initialisation is part of the seeded protocol
     model, weights = build_model(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from matseg.datasets.tiling import tile_windows
-from matseg.explain.heatmap import Target, _forward, bounding_box
+from matseg.explain.heatmap import PredictionForward, Target, bounding_box
 from matseg.explain.kernels import perturbed_source
 
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
@@ -59,7 +59,7 @@ def faithfulness(
     means = np.array([heat[b.y : b.y + b.h, b.x : b.x + b.w].mean() for b in blocks])
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(blocks)), -means))  # high H first, ties at random
-    forward = _forward(model.eval(), precision, False, target)
+    forward = PredictionForward(model.eval(), precision, False, target)
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     source = torch.from_numpy(perturbed_source(image, kernel, cell, seed))
     by, bx = bounding_box(roi)

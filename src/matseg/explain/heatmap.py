@@ -91,31 +91,56 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return list(range(0, length - window + 1, stride))
 
 
-def _forward(
-    model: torch.nn.Module,
-    precision: str,
-    channels_last: bool,
-    target: Target,
-    compiled: bool = False,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Batch (B, C, H, W) -> what H compares: class probabilities or one-hot hard masks."""
-    net = torch.compile(model, dynamic=False) if compiled else model
+class PredictionForward:
+    """Batch (B, C, H, W) -> what H compares: class probabilities or one-hot hard masks.
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    With ``compiled``, a model that fails to compile (an operator Inductor cannot handle, a
+    broken toolchain) falls back to the eager model on its first call, the reason in ``notes``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        precision: str,
+        channels_last: bool,
+        target: Target,
+        compiled: bool = False,
+        notes: list[str] | None = None,
+    ) -> None:
+        self.model, self.precision, self.channels_last = model, precision, channels_last
+        self.target, self.notes = target, notes
+        self.net = torch.compile(model, dynamic=False) if compiled else model
+        self.proven = not compiled  # a compiled model has run once
+
+    @property
+    def compiled(self) -> bool:
+        return self.net is not self.model
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         with (
             torch.no_grad(),
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"),
             # weights as constants: BatchNorm folds into the convolutions (inference only)
-            _inductor_freezing() if compiled else contextlib.nullcontext(),
+            _inductor_freezing() if self.compiled else contextlib.nullcontext(),
         ):
-            logits = predict_logits(net, x, channels_last)
+            return predict_logits(self.net, x, self.channels_last)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            logits = self._logits(x)
+        except Exception as exc:  # any compile failure: the eager model still gives the map
+            if self.proven:
+                raise
+            if self.notes is not None:
+                self.notes.append(f"forward pass not compiled: {type(exc).__name__}: {exc}"[:300])
+            self.net = self.model
+            logits = self._logits(x)
+        self.proven = True
         logits = logits.float()
-        if target == "mask":
+        if self.target == "mask":
             k = logits.shape[1]
             return torch.nn.functional.one_hot(logits.argmax(1), k).permute(0, 3, 1, 2).float()
         return logits.softmax(dim=1)
-
-    return run
 
 
 def _inductor_freezing() -> contextlib.AbstractContextManager[None]:
@@ -279,7 +304,7 @@ def counterfactual_heatmap(
     batch = min(batch_size or auto_batch_size(model, (c, h, w)), max(len(todo), 1))
     notes: list[str] = []
     compiled = _decide_compile(compile, len(todo), notes)
-    forward = _forward(model, precision, channels_last, target, compiled)
+    forward = PredictionForward(model, precision, channels_last, target, compiled, notes)
     source = torch.from_numpy(perturbed_source(image, kernel, window, seed))
     scores = np.zeros((len(ys), len(xs)), dtype=np.float64)
     for first in range(0, len(todo), batch):
@@ -314,7 +339,7 @@ def counterfactual_heatmap(
         batch_size=batch,
         seconds=time.perf_counter() - start,
         footprint=footprint,
-        compiled=compiled,
+        compiled=forward.compiled,
         notes=notes,
     )
 

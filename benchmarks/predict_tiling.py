@@ -5,10 +5,11 @@ overlap 0.25, Gaussian blending, batch 8, bf16 + channels_last as a CPU job runs
 forward passes of exactly the same tiles in the same batches (no cutting, blending or writing).
 Goal: tiling and stitching overhead at most 10%.
 
-Memory: predicting 1024^2, 2048^2 and 4096^2 images, each in a fresh process after a warm-up:
-NumPy's working arrays (traced; one band, so they grow with the width only) and the growth of
-the process RSS (sampled every 2 ms) above what it held before, the input and output arrays
-included there; goal: independent of the input size.
+Memory: predicting 1024^2, 2048^2 and 4096^2 8-bit grey images for an RGB model, each in a
+fresh process after a warm-up, the image kept raw and normalised tile by tile as `matseg
+predict` does: NumPy's working arrays (traced; one band, so they grow with the width only) and
+the growth of the process RSS (sampled every 2 ms) above what it held before, the input and
+output arrays included there; goal: independent of the input size.
 
     python benchmarks/predict_tiling.py            # about 4 minutes on a 2-core CPU
 """
@@ -30,6 +31,7 @@ import segmentation_models_pytorch as smp
 import tifffile
 import torch
 
+from matseg.datasets.readers import match_channels, normalisation
 from matseg.deploy.sliding import predict_tiled, tile_grid
 from matseg.training import predict_probabilities
 
@@ -114,10 +116,18 @@ def child_peak(size: int) -> None:
     """In a fresh process: predict one size^2 image; the peak RSS above the RSS before it
     (input and output arrays already allocated), sampled every 2 ms by a thread."""
     net = model()
-    image = np.random.default_rng(0).normal(size=(3, size, size)).astype(np.float32)
+    # an 8-bit grey micrograph for an RGB model, kept raw as `matseg predict` keeps it: each
+    # batch of tiles is normalised and given three channels on its way in
+    image = np.random.default_rng(0).integers(0, 256, size=(1, size, size), dtype=np.uint8)
+    norm = normalisation(image, "dtype")
+
+    def prepare(tiles: np.ndarray) -> np.ndarray:
+        return match_channels(norm.apply(tiles), 3, axis=1)
+
     mask = np.zeros((size, size), np.uint8)
     mask[:] = 0  # touch the pages, so they count in "before"
-    predict_tiled(net, image[:, :512, :512], CLASSES, PATCH, OVERLAP, BATCH, "bf16-mixed", True)
+    predict_tiled(net, image[:, :512, :512], CLASSES, PATCH, OVERLAP, BATCH, "bf16-mixed", True,
+                  prepare=prepare)  # fmt: skip
     before, peak, running = _rss_mb(), [0.0], [True]
 
     def sample() -> None:
@@ -128,14 +138,16 @@ def child_peak(size: int) -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     tracemalloc.start()  # NumPy's working arrays (the band), apart from torch's allocator
-    predict_tiled(net, image, CLASSES, PATCH, OVERLAP, BATCH, "bf16-mixed", True, out_mask=mask)
+    predict_tiled(net, image, CLASSES, PATCH, OVERLAP, BATCH, "bf16-mixed", True, out_mask=mask,
+                  prepare=prepare)  # fmt: skip
     numpy_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     running[0] = False
     sampler.join()
     print(json.dumps({"size": size, "before_mb": before, "growth_mb": peak[0] - before,
                       "numpy_mb": numpy_peak / 2**20,
-                      "arrays_mb": (image.nbytes + mask.nbytes) / 2**20}))  # fmt: skip
+                      "arrays_mb": (image.nbytes + mask.nbytes) / 2**20,
+                      "float_input_mb": 3 * size * size * 4 / 2**20}))  # fmt: skip
 
 
 def memory_benchmark(sizes: list[int]) -> None:
@@ -144,7 +156,8 @@ def memory_benchmark(sizes: list[int]) -> None:
         res = subprocess.run([sys.executable, __file__, "--child", str(size)], check=True,
                              capture_output=True, text=True)  # fmt: skip
         row = json.loads(res.stdout.strip().splitlines()[-1])
-        print(f"  {size}x{size}: input + output arrays {row['arrays_mb']:.0f} MB (held before); "
+        print(f"  {size}x{size}: 8-bit grey input + mask {row['arrays_mb']:.0f} MB (held before; "
+              f"the float32 RGB input the model sees would be {row['float_input_mb']:.0f} MB); "
               f"NumPy working arrays {row['numpy_mb']:.0f} MB (one band: grows with the width "
               f"only); process RSS growth {row['growth_mb']:.0f} MB")  # fmt: skip
 

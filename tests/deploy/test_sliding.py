@@ -89,3 +89,41 @@ def test_class_argmax_matches_numpy_including_ties() -> None:
 
     scores = np.random.default_rng(3).integers(0, 3, size=(4, 20, 30)).astype(np.float32)
     np.testing.assert_array_equal(_argmax_classes(scores), scores.argmax(axis=0))
+
+
+@pytest.mark.parametrize(
+    "dtype,policy,shape",
+    [
+        ("u1", "dtype", (1, 1024, 160)),
+        (">u2", "minmax", (1, 150, 260)),
+        ("f4", "zscore", (3, 90, 90)),
+    ],
+)
+def test_raw_tiles_normalised_on_the_way_in_give_the_same_prediction(
+    dtype: str, policy: str, shape: tuple[int, int, int]
+) -> None:
+    """Normalising and matching channels tile by tile (the image kept in its own dtype, even
+    big-endian) gives exactly what normalising the whole image first gives, in less memory."""
+    import tracemalloc
+
+    from matseg.datasets.readers import match_channels, normalisation, normalise
+
+    rng = np.random.default_rng(3)
+    raw = (rng.random(shape) * 250).astype(dtype)
+    model = PixelModel(3, 2).eval()
+    whole = match_channels(normalise(raw, policy), 3)
+    p1 = np.zeros((2, *shape[1:]), np.float32)
+    before_mask = predict_tiled(model, whole, 2, 64, 0.25, 4, out_probabilities=p1)
+    norm = normalisation(raw, policy)
+    p2, mask = np.zeros_like(p1), np.zeros(shape[1:], np.uint8)
+    tracemalloc.start()
+    predict_tiled(
+        model, raw, 2, 64, 0.25, 4, out_mask=mask, out_probabilities=p2,
+        prepare=lambda tiles: match_channels(norm.apply(tiles), 3, axis=1),
+    )  # fmt: skip
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(mask, before_mask)
+    np.testing.assert_array_equal(p2, p1)
+    if shape[1] > 512:  # a tall grey image for an RGB model: far less than its float32 RGB copy
+        assert peak < whole.nbytes / 2

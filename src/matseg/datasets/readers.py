@@ -8,6 +8,7 @@ an image into the float32 (C, H, W) array the models take.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,19 +111,21 @@ def input_files(paths: Sequence[Path], expected: str) -> list[Path]:
     return files
 
 
-def match_channels(image: np.ndarray, channels: int, where: str = "image") -> np.ndarray:
+def match_channels(
+    image: np.ndarray, channels: int, where: str = "image", axis: int = 0
+) -> np.ndarray:
     """Grey shown to an RGB model is repeated; colour shown to a grey model is averaged.
 
     (What a user does when a micrograph of another instrument meets the model.) Other channel
-    counts cannot be matched and are an error.
+    counts cannot be matched and are an error. ``axis``: the channel axis (1 for a batch).
     """
-    c = image.shape[0]
+    c = image.shape[axis]
     if c == channels:
         return image
     if c == 1:
-        return np.repeat(image, channels, axis=0)
+        return np.repeat(image, channels, axis=axis)
     if channels == 1:
-        return image.mean(axis=0, keepdims=True)
+        return image.mean(axis=axis, keepdims=True)
     raise DataError(where, f"images with 1 or {channels} channels", f"{c} channels")
 
 
@@ -193,35 +196,65 @@ def check_finite(array: np.ndarray, where: str) -> None:
         raise DataError(where, "finite pixel values", f"{bad} NaN/inf pixels", "fill or mask them")
 
 
-def normalise(image: np.ndarray, policy: str) -> np.ndarray:
-    """Raw (C, H, W) image -> float32, per channel, by the named policy.
+@dataclass(frozen=True)
+class Normalisation:
+    """How raw pixels become model input: ``(x - offset) / scale`` per channel, clipped to
+    [0, 1] for the stretching policies. Per pixel once the image's statistics are known, so a
+    large image can stay in its own dtype and be normalised tile by tile."""
+
+    offset: np.ndarray  # (C, 1, 1) float32
+    scale: np.ndarray  # (C, 1, 1) float32
+    clip: bool
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """(..., C, H, W) raw pixels -> float32 model input."""
+        out = (raw.astype(np.float32, copy=False) - self.offset) / self.scale
+        return np.clip(out, 0.0, 1.0) if self.clip else out
+
+
+def normalisation(image: np.ndarray, policy: str) -> Normalisation:
+    """The named policy's per-channel offset and scale for a raw (C, H, W) image.
 
     - ``dtype``: integers divided by their type's maximum (8- and 16-bit images share a scale).
     - ``minmax`` / ``percentile``: each channel stretched to [0, 1] (percentile: 0.5-99.5%).
     - ``zscore``: each channel to zero mean, unit variance (AFM height / phase / amplitude).
     - ``auto``: ``dtype`` for integer images, ``zscore`` for float images (physical units).
+
+    ``dtype`` and ``minmax`` read the image as it is; ``zscore`` and ``percentile`` compute on a
+    float32 copy, as the normalised image would be.
     """
+    c = image.shape[0]
+
+    def per_channel(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32).reshape(c, 1, 1)
+
     if policy == "auto":
         policy = "zscore" if np.issubdtype(image.dtype, np.floating) else "dtype"
-    data = image.astype(np.float32, copy=False)
     if policy == "dtype":
         if np.issubdtype(image.dtype, np.integer):
-            return data / np.float32(np.iinfo(image.dtype).max)
+            top = np.float32(np.iinfo(image.dtype).max)
+            return Normalisation(per_channel(np.zeros(c)), per_channel(np.full(c, top)), False)
         if image.dtype == np.bool_:
-            return data
+            return Normalisation(per_channel(np.zeros(c)), per_channel(np.ones(c)), False)
         policy = "minmax"
-    flat = data.reshape(data.shape[0], -1)
-    if policy == "zscore":
-        mean = flat.mean(axis=1)[:, None, None]
-        std = flat.std(axis=1)[:, None, None]
-        return (data - mean) / np.maximum(std, np.float32(1e-8))
-    if policy == "percentile":
-        lo, hi = np.percentile(flat, [0.5, 99.5], axis=1)
+    if policy == "minmax":  # the cast to float32 keeps the order: min and max are the same
+        flat = image.reshape(c, -1)
+        lo, hi = per_channel(flat.min(axis=1)), per_channel(flat.max(axis=1))
     else:
-        lo, hi = flat.min(axis=1), flat.max(axis=1)
-    lo = lo.astype(np.float32)[:, None, None]
-    hi = hi.astype(np.float32)[:, None, None]
-    return np.clip((data - lo) / np.maximum(hi - lo, np.float32(1e-8)), 0.0, 1.0)
+        flat = image.astype(np.float32, copy=False).reshape(c, -1)
+        if policy == "zscore":
+            std = per_channel(flat.std(axis=1))
+            return Normalisation(
+                per_channel(flat.mean(axis=1)), np.maximum(std, np.float32(1e-8)), False
+            )
+        lo_hi = np.percentile(flat, [0.5, 99.5], axis=1)
+        lo, hi = per_channel(lo_hi[0]), per_channel(lo_hi[1])
+    return Normalisation(lo, np.maximum(hi - lo, np.float32(1e-8)), True)
+
+
+def normalise(image: np.ndarray, policy: str) -> np.ndarray:
+    """Raw (C, H, W) image -> float32, per channel, by the named policy (``normalisation``)."""
+    return normalisation(image, policy).apply(image)
 
 
 def detect_info_band(image: np.ndarray, max_fraction: float = 0.25) -> int:

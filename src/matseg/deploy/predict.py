@@ -24,7 +24,7 @@ import tifffile
 import torch
 
 from matseg.atomic import write_bytes
-from matseg.datasets.readers import input_files, match_channels, normalise
+from matseg.datasets.readers import input_files, match_channels, normalisation, normalise
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
@@ -240,8 +240,17 @@ def predict_image(
     from matseg.explain.roi import read_image
 
     classes = trained.data.classes
-    prepared = read_image(trained.data.inspection.spec, path)
-    image = match_channels(prepared.image, trained.data.in_channels, str(path))
+    spec = trained.data.inspection.spec
+    # the pixels stay in their own dtype; each batch of tiles is normalised (with the whole
+    # image's statistics) and matched to the model's channels on its way in
+    image = read_image(spec, path, normalised=False).image
+    norm = normalisation(image, spec.normalise)
+    channels = trained.data.in_channels
+    match_channels(image[:, :1, :1], channels, str(path))  # refuse unmatched channels up front
+
+    def prepare(tiles: np.ndarray) -> np.ndarray:
+        return match_channels(norm.apply(tiles), channels, str(path), axis=1)
+
     h, w = image.shape[1:]
     k = len(classes)
     start = time.perf_counter()
@@ -254,6 +263,7 @@ def predict_image(
     mask = predict_tiled(
         trained.model, image, k, tiling.patch, tiling.overlap, tiling.batch_size,
         tiling.precision, uses_channels_last(trained.job.training), out_probabilities=prob,
+        prepare=prepare,
     )  # fmt: skip
     if prob is not None:
         prob.flush()

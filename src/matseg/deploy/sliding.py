@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -84,18 +85,26 @@ def predict_tiled(
     out_mask: np.ndarray | None = None,
     out_probabilities: np.ndarray | None = None,
     progress: Progress | None = None,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Class ids (H, W) of a (C, H, W) image by blended sliding windows.
 
     ``out_mask`` (H, W) and ``out_probabilities`` (K, H, W) may be given (e.g. memory-mapped
     files); finished rows are written into them band by band. Returns ``out_mask``.
+    ``prepare`` turns each batch of raw tiles (N, C, p, p) into model input (per-pixel work such
+    as normalisation and channel matching), so ``image`` can stay in its own dtype: an 8-bit
+    image then takes a quarter of the memory of its float32 copy, or a twelfth for a grey
+    image shown to an RGB model.
     """
     if image.ndim != 3:
         raise InputError(f"image: expected (C, H, W), found shape {image.shape}")
     if patch % 32:
         raise InputError(f"patch: expected a multiple of 32, found {patch}")
     _, h, w = image.shape
-    padded = pad_to_patch(image.astype(np.float32, copy=False), patch)
+    # raw pixels for ``prepare`` in the machine's byte order (torch refuses others)
+    pixels = image.astype(np.float32 if prepare is None else image.dtype.newbyteorder("="),
+                          copy=False)  # fmt: skip
+    padded = pad_to_patch(pixels, patch)
     hp, wp = padded.shape[1:]
     mask = out_mask if out_mask is not None else np.zeros((h, w), dtype=np.uint8)
     if mask.shape != (h, w):
@@ -134,7 +143,10 @@ def predict_tiled(
 
     autocast = precision == "bf16-mixed"
     # torch views of the same memory: the copies and the blending run on torch's threads
-    source, acc_t = torch.from_numpy(padded), torch.from_numpy(acc)
+    with warnings.catch_warnings():  # a read-only image (memory-mapped file): only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        source = torch.from_numpy(padded)
+    acc_t = torch.from_numpy(acc)
     step = columns[1] - columns[0] if len(columns) > 1 else patch
     for y in rows:
         flush(y)
@@ -149,6 +161,8 @@ def predict_tiled(
                 batch = strip.permute(2, 0, 1, 3).contiguous()
             else:  # the last tile, moved back to end at the border
                 batch = torch.stack([band[:, :, x : x + patch] for x in xs])
+            if prepare is not None:
+                batch = torch.from_numpy(prepare(batch.numpy()))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 prob = predict_probabilities(model, batch, channels_last, tta).float()
             for n, x in enumerate(xs):  # acc += probabilities x importance, in one pass

@@ -32,7 +32,8 @@ _BOX = re.compile(r"^\s*(?:box:)?\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*
 
 @dataclass
 class ExplainInput:
-    """The prepared image (C, H, W) normalised, and how it was cut from the file."""
+    """The prepared image (C, H, W), normalised unless read with ``normalised=False`` (then the
+    cropped, resized pixels in their own dtype), and how it was cut from the file."""
 
     path: Path
     image: np.ndarray
@@ -40,8 +41,8 @@ class ExplainInput:
     crop: tuple[int, int, int, int]  # top, bottom, left, right rows / columns removed
 
 
-def read_image(spec: DatasetSpec, path: Path) -> ExplainInput:
-    """One image file read, cropped, resized and normalised by the run's spec."""
+def read_image(spec: DatasetSpec, path: Path, normalised: bool = True) -> ExplainInput:
+    """One image file read, cropped, resized and (by default) normalised by the run's spec."""
     if not path.is_file():
         raise DataError(str(path), "an image file", "nothing there")
     unlabelled = spec.model_copy(update={"masks": None, "encoding": None})
@@ -55,7 +56,7 @@ def read_image(spec: DatasetSpec, path: Path) -> ExplainInput:
     h, w = decoded.image.shape[-2:]  # the file's size is the cropped size plus what was cut
     return ExplainInput(
         path,
-        normalise(image, spec.normalise),
+        normalise(image, spec.normalise) if normalised else image,
         (int(h) + crop.top + bottom, int(w) + crop.left + crop.right),
         (crop.top, bottom, crop.left, crop.right),
     )

@@ -127,3 +127,51 @@ def test_raw_tiles_normalised_on_the_way_in_give_the_same_prediction(
     np.testing.assert_array_equal(p2, p1)
     if shape[1] > 512:  # a tall grey image for an RGB model: far less than its float32 RGB copy
         assert peak < whole.nbytes / 2
+
+
+class TileDependentModel(torch.nn.Module):
+    """Output that depends on where a pixel sits in its tile: blending weights then matter, so
+    only the right weights, each tile counted once, give the reference."""
+
+    def __init__(self, patch: int, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(1, classes, 1)
+        self.ramp = torch.nn.Parameter(torch.randn(1, classes, patch, patch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.ramp
+
+
+def _reference_blend(model, image, patch, overlap) -> np.ndarray:
+    """Every tile's weighted probabilities summed over the whole image, then divided."""
+    _, h, w = image.shape
+    weight = gaussian_importance(patch)
+    acc = np.zeros((3, h, w)), np.zeros((h, w))
+    for y, x in tile_grid(h, w, patch, overlap):
+        tile = torch.from_numpy(image[None, :, y : y + patch, x : x + patch].copy())
+        with torch.no_grad():
+            prob = predict_probabilities(model, tile, False)[0].numpy()
+        acc[0][:, y : y + patch, x : x + patch] += prob * weight
+        acc[1][y : y + patch, x : x + patch] += weight
+    return acc[0] / acc[1]
+
+
+@pytest.mark.parametrize("group_px,batch", [(10_000, 3), (100, 2), (32, 1), (64, 3)])
+def test_column_groups_and_carries_blend_every_tile_once(monkeypatch, group_px, batch) -> None:
+    """Bands cut into column groups (the carries to the next group and, through a scratch
+    file, to the next band) give the whole-image blend of every tile."""
+    import matseg.deploy.sliding as sliding
+
+    monkeypatch.setattr(sliding, "GROUP_PX", group_px)
+    model = TileDependentModel(64).eval()
+    image = np.random.default_rng(5).normal(size=(1, 230, 301)).astype(np.float32)
+    columns = sorted({x for _, x in tile_grid(230, 301, 64, 0.3)})
+    step = columns[1] - columns[0]
+    groups = sliding.column_groups(columns, step, batch)
+    assert (len(groups) == 1) == (group_px == 10_000)
+    prob = np.zeros((3, 230, 301), np.float32)
+    mask = predict_tiled(model, image, 3, 64, 0.3, batch, out_probabilities=prob)
+    expected = _reference_blend(model, image, 64, 0.3)
+    np.testing.assert_allclose(prob, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mask, expected.argmax(0))

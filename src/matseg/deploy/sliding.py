@@ -3,9 +3,11 @@
 Tiles of ``patch`` pixels overlap by ``overlap``; each tile's class probabilities are weighted by
 a Gaussian importance map (nnU-Net's choice: the tile centre, where the model saw the most
 context, counts most; the borders, where the receptive field is cut, least) and blended. Tiles
-are processed one row band at a time and finished rows are written straight into the output
-arrays (which may be memory-mapped files), so the working memory is one band of probabilities
-plus one batch of tiles whatever the image size.
+are processed one row band at a time, each band in groups of tile columns (about ``GROUP_PX``
+pixels wide); finished pixels are written straight into the output arrays (which may be
+memory-mapped files), and what a group leaves for the next group or band is carried on (across
+the width in a scratch file), so the working memory is one group of probabilities plus one
+batch of tiles whatever the image size.
 
 Written by hand because MONAI's ``sliding_window_inference`` keeps the whole output in memory
 and would pull in MONAI for one function.
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,71 +113,106 @@ def predict_tiled(
     mask = out_mask if out_mask is not None else np.zeros((h, w), dtype=np.uint8)
     if mask.shape != (h, w):
         raise InputError(f"out_mask: expected shape {(h, w)}, found {mask.shape}")
-    weight = gaussian_importance(patch)
-    weight_t = torch.from_numpy(weight)
+    weight_t = torch.from_numpy(gaussian_importance(patch))
     tiles = tile_grid(hp, wp, patch, overlap)
     rows = sorted({y for y, _ in tiles})
     columns = [x for y, x in tiles if y == rows[0]]  # every band has the same tile columns
-    band_weight = np.zeros((patch, wp), dtype=np.float32)  # the weight one band contributes
-    for x in columns:
-        band_weight[:, x : x + patch] += weight
-    acc = np.zeros((num_classes, patch, wp), dtype=np.float32)  # one band of probabilities
-    wsum = np.zeros((patch, wp), dtype=np.float32)
+    step = columns[1] - columns[0] if len(columns) > 1 else patch
+    groups = column_groups(columns, step, batch_size)
+    k = num_classes  # channel k of the accumulators holds the weight sum
     model.eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    done, base = 0, 0
-
-    def flush(upto: int) -> None:
-        """Rows [base, upto) are final: write them out and shift the band."""
-        n = upto - base
-        if n <= 0:
-            return
-        lo, hi = base, min(upto, h)
-        if hi > lo:
-            # The weight sum is the same for every class: the argmax needs no division.
-            mask[lo:hi] = _argmax_classes(acc[:, : hi - lo, :w]).astype(mask.dtype, copy=False)
-            if out_probabilities is not None:
-                prob = acc[:, : hi - lo, :w] / wsum[None, : hi - lo, :w]
-                out_probabilities[:, lo:hi] = prob.astype(out_probabilities.dtype)
-        acc[:, : patch - n] = acc[:, n:].copy()
-        acc[:, patch - n :] = 0
-        wsum[: patch - n] = wsum[n:].copy()
-        wsum[patch - n :] = 0
-
     autocast = precision == "bf16-mixed"
-    # torch views of the same memory: the copies and the blending run on torch's threads
     with warnings.catch_warnings():  # a read-only image (memory-mapped file): only read here
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        source = torch.from_numpy(padded)
-    acc_t = torch.from_numpy(acc)
-    step = columns[1] - columns[0] if len(columns) > 1 else patch
-    for y in rows:
-        flush(y)
-        base = y
-        wsum += band_weight
-        band = source[:, y : y + patch]
-        for start in range(0, len(columns), batch_size):
-            xs = columns[start : start + batch_size]
-            if all(b - a == step for a, b in itertools.pairwise(xs)):
+        source = torch.from_numpy(padded)  # a view: tiles are cut on torch's threads
+
+    def finish(block: np.ndarray, y: int, x: int) -> None:
+        """Write the finished pixels of ``block`` (k + 1, rows, columns) at (y, x)."""
+        r, c = min(block.shape[1], h - y), min(block.shape[2], w - x)
+        if r <= 0 or c <= 0:
+            return
+        # The weight sum is the same for every class: the argmax needs no division.
+        mask[y : y + r, x : x + c] = _argmax_classes(block[:k, :r, :c]).astype(mask.dtype)
+        if out_probabilities is not None:
+            prob = block[:k, :r, :c] / block[k, :r, :c]
+            out_probabilities[:, y : y + r, x : x + c] = prob.astype(out_probabilities.dtype)
+
+    def run_tiles(band: torch.Tensor, xs: list[int], acc: np.ndarray, x0: int) -> None:
+        """Every tile of one group of one band, blended into ``acc`` (columns from ``x0``)."""
+        acc_t = torch.from_numpy(acc)
+        for start in range(0, len(xs), batch_size):
+            chunk = xs[start : start + batch_size]
+            if all(b - a == step for a, b in itertools.pairwise(chunk)):
                 # evenly spaced tiles: one strided view of the band, one copy into the batch
-                strip = band[:, :, xs[0] : xs[-1] + patch].unfold(2, patch, step)
+                strip = band[:, :, chunk[0] : chunk[-1] + patch].unfold(2, patch, step)
                 batch = strip.permute(2, 0, 1, 3).contiguous()
             else:  # the last tile, moved back to end at the border
-                batch = torch.stack([band[:, :, x : x + patch] for x in xs])
+                batch = torch.stack([band[:, :, x : x + patch] for x in chunk])
             if prepare is not None:
                 batch = torch.from_numpy(prepare(batch.numpy()))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 prob = predict_probabilities(model, batch, channels_last, tta).float()
-            for n, x in enumerate(xs):  # acc += probabilities x importance, in one pass
-                acc_t[:, :, x : x + patch].addcmul_(prob[n], weight_t)
-            done += len(xs)
+            for n, x in enumerate(chunk):  # acc += probabilities x importance, in one pass
+                acc_t[:k, :, x - x0 : x - x0 + patch].addcmul_(prob[n], weight_t)
+                acc_t[k, :, x - x0 : x - x0 + patch].add_(weight_t)
+            nonlocal done
+            done += len(chunk)
             if progress is not None:
                 progress(done, len(tiles))
-    flush(base + patch)
+
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="matseg-tiles-") as scratch:
+        # What a band leaves for the rows the next band shares with it, across the whole width:
+        # a scratch file when the band has several column groups, so that the working memory
+        # is one group whatever the width.
+        shared = patch - min((b - a for a, b in itertools.pairwise(rows)), default=patch)
+
+        def carry_buffer(name: str) -> np.ndarray:
+            shape = (k + 1, max(shared, 1), wp)  # at most the rows two bands share
+            if len(groups) == 1:
+                return np.zeros(shape, dtype=np.float32)
+            return np.lib.format.open_memmap(Path(scratch) / f"{name}.npy", "w+", np.float32, shape)
+
+        above, below = carry_buffer("above"), carry_buffer("below")
+        above_rows = 0
+        for r, y in enumerate(rows):
+            final = rows[r + 1] - y if r + 1 < len(rows) else patch  # rows no later band touches
+            band = source[:, y : y + patch]
+            right: np.ndarray | None = None  # what this group leaves for the next one
+            for g, xs in enumerate(groups):
+                x0, x1 = xs[0], xs[-1] + patch
+                acc = np.zeros((k + 1, patch, x1 - x0), dtype=np.float32)
+                fresh = x0  # the first column no earlier group of this band covered
+                if right is not None:
+                    acc[:, :, : right.shape[2]] = right
+                    fresh = x0 + right.shape[2]
+                if above_rows:
+                    acc[:, :above_rows, fresh - x0 :] += above[:, :above_rows, fresh:x1]
+                run_tiles(band, xs, acc, x0)
+                end = groups[g + 1][0] if g + 1 < len(groups) else x1  # columns finished here
+                finish(acc[:, :final, : end - x0], y, x0)
+                if final < patch:
+                    below[:, : patch - final, x0:end] = acc[:, final:, : end - x0]
+                right = acc[:, :, end - x0 :].copy() if g + 1 < len(groups) else None
+            above, below = below, above
+            above_rows = patch - final
+        del above, below  # close the scratch files before their folder goes
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     return mask
+
+
+# A group of tile columns spans about this many pixels: the bound on the working memory (one
+# group's probabilities), whatever the width of the image.
+GROUP_PX = 2048
+
+
+def column_groups(columns: list[int], step: int, batch_size: int) -> list[list[int]]:
+    """Tile columns in groups of whole batches spanning about ``GROUP_PX`` pixels."""
+    per = batch_size * max(1, round(GROUP_PX / (step * batch_size)))
+    return [columns[i : i + per] for i in range(0, len(columns), per)]
 
 
 def tiles_per_image(height: int, width: int, patch: int, overlap: float) -> int:

@@ -20,6 +20,7 @@ import math
 import tempfile
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -163,15 +164,19 @@ def predict_tiled(
                 progress(done, len(tiles))
 
     done = 0
-    with tempfile.TemporaryDirectory(prefix="matseg-tiles-") as scratch:
-        # What a band leaves for the rows the next band shares with it, across the whole width:
-        # a scratch file when the band has several column groups, so that the working memory
-        # is one group whatever the width.
+    # What a band leaves for the rows the next band shares with it, across the whole width: a
+    # scratch file when the band has several column groups, so that the working memory is one
+    # group whatever the width (one group: in memory, no folder made per image or slice).
+    with (
+        tempfile.TemporaryDirectory(prefix="matseg-tiles-")
+        if len(groups) > 1
+        else nullcontext() as scratch
+    ):
         shared = patch - min((b - a for a, b in itertools.pairwise(rows)), default=patch)
 
         def carry_buffer(name: str) -> np.ndarray:
             shape = (k + 1, max(shared, 1), wp)  # at most the rows two bands share
-            if len(groups) == 1:
+            if scratch is None:
                 return np.zeros(shape, dtype=np.float32)
             return np.lib.format.open_memmap(Path(scratch) / f"{name}.npy", "w+", np.float32, shape)
 

@@ -284,16 +284,6 @@ def counterfactual_heatmap(
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     by, bx = bounding_box(region)
     area = torch.from_numpy(region[by, bx].astype(np.float32))
-    # The unperturbed prediction, computed in a batch of the same size as the perturbed ones:
-    # low-precision kernels may round differently for another batch size, and in bf16 that
-    # rounding noise, summed over A, would swamp the real changes.
-    cleans: dict[int, torch.Tensor] = {}
-
-    def clean_for(n: int) -> torch.Tensor:
-        if n not in cleans:
-            cleans[n] = forward(x.repeat(n, 1, 1, 1))[:1, :, by, bx] * area
-        return cleans[n]
-
     ys, xs = window_starts(h, window, stride), window_starts(w, window, stride)
     footprint = (h, h, w, w)
     reach = np.ones((len(ys), len(xs)), dtype=bool)
@@ -305,6 +295,16 @@ def counterfactual_heatmap(
     notes: list[str] = []
     compiled = _decide_compile(compile, len(todo), notes)
     forward = PredictionForward(model, precision, channels_last, target, compiled, notes)
+    # The unperturbed prediction, computed in a batch of the same size as the perturbed ones:
+    # low-precision kernels may round differently for another batch size, and in bf16 that
+    # rounding noise, summed over A, would swamp the real changes.
+    cleans: dict[int, torch.Tensor] = {}
+
+    def clean_for(n: int) -> torch.Tensor:
+        if n not in cleans:
+            cleans[n] = forward(x.repeat(n, 1, 1, 1))[:1, :, by, bx] * area
+        return cleans[n]
+
     source = torch.from_numpy(perturbed_source(image, kernel, window, seed))
     scores = np.zeros((len(ys), len(xs)), dtype=np.float64)
     for first in range(0, len(todo), batch):

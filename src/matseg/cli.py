@@ -595,7 +595,7 @@ def explain_command(
     target: Annotated[str, typer.Option(help="Compare probabilities or mask.")] = "probabilities",
     precision: Annotated[str, typer.Option(help="32 (exact) or bf16-mixed (faster).")] = "32",
     compile: Annotated[
-        str, typer.Option(help="Compile the model: auto (from 512 windows), on or off.")
+        str, typer.Option(help="Compile the model: auto (from 4000 windows), on or off.")
     ] = "auto",
     faithful: Annotated[bool, typer.Option(help="Run the deletion-curve check.")] = True,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,

@@ -59,7 +59,7 @@ def faithfulness(
     means = np.array([heat[b.y : b.y + b.h, b.x : b.x + b.w].mean() for b in blocks])
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(blocks)), -means))  # high H first, ties at random
-    forward = PredictionForward(model.eval(), precision, False, target)
+    forward = PredictionForward(model.eval(), precision, False, target)  # a few passes: whole
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     source = torch.from_numpy(perturbed_source(image, kernel, cell, seed))
     by, bx = bounding_box(roi)

@@ -45,7 +45,8 @@ import torch
 
 from matseg.errors import InputError
 from matseg.explain.kernels import perturbed_source
-from matseg.training import predict_logits
+from matseg.explain.region import Box, BoxForward, RegionUnsupported
+from matseg.training import pad_to_multiple, predict_logits
 
 Target = Literal["probabilities", "mask"]
 Compile = Literal["auto", "on", "off"]
@@ -54,10 +55,11 @@ Progress = Callable[[int, int], None]
 # per forward was the fastest batch eager and compiled (activations stay in cache); 32 was 30%
 # slower. Larger batches only add memory.
 MAX_BATCH = 8
-# "auto" compiles from this many windows on: ResNet50-UNet's first compile takes about 20 s
-# (Inductor's on-disk cache then cuts later processes to about 13 s and later calls in one
-# process to about 2 s) against about 19 s saved per 1000 windows in bf16.
-COMPILE_FROM_WINDOWS = 512
+# "auto" compiles from this many windows on. Measured on ResNet50-UNet's box graph in bf16
+# (benchmarks/explain_speed.py): compiling takes about 19 s on an empty Inductor cache and
+# then saves about 7 ms per window over the eager box graph (BatchNorm is folded either way),
+# so it repays itself from about 2600 windows.
+COMPILE_FROM_WINDOWS = 4000
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Heatmap:
     seconds: float
     footprint: tuple[int, int, int, int] = (0, 0, 0, 0)  # reach up, down, left, right (px)
     compiled: bool = False  # forward pass compiled by TorchInductor
+    restricted: bool = False  # layers computed only where A's bounding box depends on them
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,8 +97,12 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 class PredictionForward:
     """Batch (B, C, H, W) -> what H compares: class probabilities or one-hot hard masks.
 
-    With ``compiled``, a model that fails to compile (an operator Inductor cannot handle, a
-    broken toolchain) falls back to the eager model on its first call, the reason in ``notes``.
+    Only output ``box`` (rows y0:y1, columns x0:x1; None: the whole image) is returned. With
+    ``restrict``, each batch shape gets a traced graph that computes every layer on just the
+    part the box depends on, BatchNorm folded and weights cast once (``matseg.explain.region``);
+    a model that cannot be traced, or whose graph does not reproduce the full one, runs whole,
+    the reason in ``notes``. With ``compiled``, a forward that fails to compile falls back to
+    eager on its first call, the reason in ``notes``.
     """
 
     def __init__(
@@ -106,41 +113,122 @@ class PredictionForward:
         target: Target,
         compiled: bool = False,
         notes: list[str] | None = None,
+        box: Box | None = None,
+        restrict: bool = False,
     ) -> None:
         self.model, self.precision, self.channels_last = model, precision, channels_last
-        self.target, self.notes = target, notes
-        self.net = torch.compile(model, dynamic=False) if compiled else model
-        self.proven = not compiled  # a compiled model has run once
+        self.target, self.notes, self.box = target, notes, box
+        self.restrict, self.want_compiled = restrict and box is not None, compiled
+        self.nets: dict[tuple[int, ...], _Net] = {}
+        self.restricted = False  # a box-restricted graph ran
 
     @property
     def compiled(self) -> bool:
-        return self.net is not self.model
+        return any(net.compiled for net in self.nets.values())
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        with (
-            torch.no_grad(),
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"),
-            # weights as constants: BatchNorm folds into the convolutions (inference only)
-            _inductor_freezing() if self.compiled else contextlib.nullcontext(),
-        ):
-            return predict_logits(self.net, x, self.channels_last)
+    def _note(self, text: str) -> None:
+        if self.notes is not None and text not in self.notes:
+            self.notes.append(text[:300])
+
+    def _net(self, padded: torch.Tensor, h: int, w: int) -> _Net:
+        key = tuple(padded.shape)
+        if key not in self.nets:
+            net: _Net | None = None
+            if self.restrict:
+                net = self._box_net(padded)
+            if net is None:
+                net = _WholeNet(self.model, self.precision, self.box or (0, h, 0, w), h, w)
+            if self.want_compiled:
+                net = net.compile()
+            self.nets[key] = net
+        return self.nets[key]
+
+    def _box_net(self, padded: torch.Tensor) -> _Net | None:
+        assert self.box is not None
+        try:
+            graph = BoxForward(self.model, padded, self.box, self.precision)
+        except RegionUnsupported as exc:
+            self._note(f"whole-image forward passes: the model cannot be traced ({exc})")
+            return None
+        # fp32: the box graph gives the full graph's numbers bit for bit (measured); bf16 kernels
+        # of other shapes round differently (0.4% of the largest logit measured)
+        tolerance = 2e-2 if self.precision == "bf16-mixed" else 1e-4
+        reference = graph.reference.float()
+        error = float((graph.check.float() - reference).abs().max())
+        if not error <= tolerance * float(reference.abs().max()) + 1e-6:
+            self._note(
+                f"whole-image forward passes: the box-restricted graph differs from the full "
+                f"one by {error:.3g}"
+            )
+            return None
+        self.restricted = True
+        return _BoxNet(graph.net)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        padded, h, w = pad_to_multiple(x)
+        if self.channels_last:
+            padded = padded.contiguous(memory_format=torch.channels_last)
+        net = self._net(padded, h, w)
         try:
-            logits = self._logits(x)
-        except Exception as exc:  # any compile failure: the eager model still gives the map
-            if self.proven:
+            logits = net(padded)
+        except Exception as exc:  # any compile failure: the eager graph still gives the map
+            if not net.compiled or net.proven:
                 raise
-            if self.notes is not None:
-                self.notes.append(f"forward pass not compiled: {type(exc).__name__}: {exc}"[:300])
-            self.net = self.model
-            logits = self._logits(x)
-        self.proven = True
+            self._note(f"forward pass not compiled: {type(exc).__name__}: {exc}")
+            net = self.nets[tuple(padded.shape)] = net.eager
+            logits = net(padded)
+        net.proven = True
         logits = logits.float()
         if self.target == "mask":
             k = logits.shape[1]
             return torch.nn.functional.one_hot(logits.argmax(1), k).permute(0, 3, 1, 2).float()
         return logits.softmax(dim=1)
+
+
+class _Net:
+    """A callable padded batch -> logits inside the box, eager or compiled by TorchInductor."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.run = module, module
+        self.eager: _Net = self
+        self.proven = False
+
+    @property
+    def compiled(self) -> bool:
+        return self.eager is not self
+
+    def compile(self) -> _Net:
+        compiled = type(self).__new__(type(self))
+        compiled.__dict__.update(self.__dict__)
+        compiled.run = torch.compile(self.module, dynamic=False)
+        compiled.eager, compiled.proven = self, False
+        return compiled
+
+    def __call__(self, padded: torch.Tensor) -> torch.Tensor:
+        with (
+            torch.no_grad(),
+            # weights as constants: BatchNorm folds into the convolutions (inference only)
+            _inductor_freezing() if self.compiled else contextlib.nullcontext(),
+        ):
+            return self.run(padded)
+
+
+class _WholeNet(_Net):
+    """The model itself on the whole image (autocast for bf16), cropped to the box."""
+
+    def __init__(self, model: torch.nn.Module, precision: str, box: Box, h: int, w: int) -> None:
+        super().__init__(model)
+        self.bf16, self.box, self.h, self.w = precision == "bf16-mixed", box, h, w
+
+    def __call__(self, padded: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = super().__call__(padded)[..., : self.h, : self.w]
+        y0, y1, x0, x1 = self.box
+        return logits[..., y0:y1, x0:x1]
+
+
+class _BoxNet(_Net):
+    """A box-restricted graph (its bf16 casts are in the graph: no autocast around it)."""
 
 
 def _inductor_freezing() -> contextlib.AbstractContextManager[None]:
@@ -257,12 +345,14 @@ def counterfactual_heatmap(
     seed: int = 0,
     progress: Progress | None = None,
     compile: Compile = "auto",
+    restrict: bool = True,
 ) -> Heatmap:
     """H for every window position of ``image`` (C, H, W, normalised) inside region ``roi``.
 
     ``roi`` is a (H, W) boolean mask (None: the whole image). ``target``: compare class
     probabilities (default) or hard one-hot masks. ``compile``: "on", "off" or "auto" (on from
-    ``COMPILE_FROM_WINDOWS`` windows, when a C++ compiler is there).
+    ``COMPILE_FROM_WINDOWS`` windows, when a C++ compiler is there). ``restrict``: compute
+    each layer only where A's bounding box depends on it (False: the model on the whole image).
     """
     start = time.perf_counter()
     if image.ndim != 3:
@@ -294,7 +384,11 @@ def counterfactual_heatmap(
     batch = min(batch_size or auto_batch_size(model, (c, h, w)), max(len(todo), 1))
     notes: list[str] = []
     compiled = _decide_compile(compile, len(todo), notes)
-    forward = PredictionForward(model, precision, channels_last, target, compiled, notes)
+    box = (by.start, by.stop, bx.start, bx.stop)
+    forward = PredictionForward(
+        model, precision, channels_last, target, compiled, notes, box, restrict
+    )
+    one_shape = compiled or restrict  # each batch shape is one graph to trace or compile
     # The unperturbed prediction, computed in a batch of the same size as the perturbed ones:
     # low-precision kernels may round differently for another batch size, and in bf16 that
     # rounding noise, summed over A, would swamp the real changes.
@@ -302,21 +396,21 @@ def counterfactual_heatmap(
 
     def clean_for(n: int) -> torch.Tensor:
         if n not in cleans:
-            cleans[n] = forward(x.repeat(n, 1, 1, 1))[:1, :, by, bx] * area
+            cleans[n] = forward(x.repeat(n, 1, 1, 1))[:1] * area
         return cleans[n]
 
     source = torch.from_numpy(perturbed_source(image, kernel, window, seed))
     scores = np.zeros((len(ys), len(xs)), dtype=np.float64)
     for first in range(0, len(todo), batch):
         chunk = todo[first : first + batch]
-        # the last batch is padded with clean copies: one batch size, one compiled graph
-        perturbed = x.repeat(len(chunk) if not compiled else batch, 1, 1, 1)
+        # the last batch is padded with clean copies: one batch size, one graph
+        perturbed = x.repeat(batch if one_shape else len(chunk), 1, 1, 1)
         for n, (a, b) in enumerate(chunk):
             ya, xb = ys[a], xs[b]
             perturbed[n, :, ya : ya + window, xb : xb + window] = source[
                 :, ya : ya + window, xb : xb + window
             ]
-        out = forward(perturbed)[: len(chunk), :, by, bx] * area
+        out = forward(perturbed)[: len(chunk)] * area
         clean = clean_for(len(perturbed))
         diff = (out - clean).abs().sum(dim=(1, 2, 3)).double().numpy()
         for n, (a, b) in enumerate(chunk):
@@ -340,6 +434,7 @@ def counterfactual_heatmap(
         seconds=time.perf_counter() - start,
         footprint=footprint,
         compiled=forward.compiled,
+        restricted=forward.restricted,
         notes=notes,
     )
 

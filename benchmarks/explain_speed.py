@@ -149,7 +149,7 @@ def main() -> None:
           f"{args.stride}, torch threads {torch.get_num_threads()}")  # fmt: skip
     results: dict[str, Heatmap] = {}
     arms = [
-        ("bf16, box graph (the default: eager)", "bf16-mixed", "off", True),
+        ("bf16, box graph, eager", "bf16-mixed", "off", True),
         ("bf16, box graph compiled, empty cache", "bf16-mixed", "on", True),
         ("bf16, box graph compiled, cache warm", "bf16-mixed", "on", True),
         ("bf16, whole model", "bf16-mixed", "off", False),

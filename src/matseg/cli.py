@@ -581,7 +581,7 @@ def explain_command(
         list[Path],
         typer.Option(
             "--image",
-            help="The micrograph to explain; repeat for several (the compiled model is reused).",
+            help="The micrograph to explain; repeat for several.",
         ),
     ],
     roi: Annotated[

@@ -81,11 +81,12 @@ def trace(model: torch.nn.Module, example: torch.Tensor, bf16: bool) -> GraphMod
 
 
 def _inputs(node: Node) -> list[Node]:
-    return [n for n in node.all_input_nodes]
+    return list(node.all_input_nodes)
 
 
+@torch.no_grad()
 def fold_constants(gm: GraphModule) -> None:
-    """Compute once every operation that reads weights only (casts, folded BatchNorm, ...)."""
+    """Compute once every operation that reads weights only (autocast's weight casts, ...)."""
     values: dict[Node, Any] = {}
     for node in gm.graph.nodes:
         if node.op == "get_attr":
@@ -120,6 +121,7 @@ def _attr(gm: GraphModule, node: Node | None) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+@torch.no_grad()
 def fold_batchnorm(gm: GraphModule) -> int:
     """Fold each eval-mode BatchNorm that alone reads a convolution into it; how many folded."""
     folded = 0
@@ -308,7 +310,9 @@ def _rule(node: Node, maps: set[Node]) -> _Rule:
         bilinear = "bilinear" in str(target)
         align = bool(args[2]) if bilinear and len(args) > 2 else False
         (hi, wi), (ho, wo) = _shape(args[0])[-2:], out[-2:]
-        if not align and ho % hi == 0 and wo % wi == 0 and _zoom_scales_agree(node, ho // hi):
+        whole_number = ho % hi == 0 and wo % wi == 0 and _zoom_scales_agree(node, ho // hi)
+        # the .vec overloads take sizes or scales: the zero-map route keeps their arguments as is
+        if not align and whole_number and ".vec" not in str(target):
             return _Rule("zoom", factor=(ho // hi, wo // wi), bilinear=bilinear)
         return _Rule("resample", bilinear=bilinear, align_corners=align)
     if target == aten.cat.default:
@@ -623,7 +627,7 @@ INPLACE = {
 # operations whose result is a new tensor, never a view of another
 FRESH = (
     (POINTWISE - {aten.alias.default, *BATCH_NORMS})
-    | set(INPLACE)
+    | {aten.clamp_min.default}
     | {aten.convolution.default, aten.cat.default, aten.constant_pad_nd.default,
        aten.upsample_nearest2d.default, aten.upsample_bilinear2d.default,
        aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.vec, aten.avg_pool2d.default}
@@ -647,6 +651,8 @@ def reuse_buffers(gm: GraphModule) -> int:
             fresh.add(node)
             continue
         first = node.args[0] if node.args else None
+        if node.target in FRESH:
+            fresh.add(node)  # a new tensor, or (made in place below) the fresh ``first``
         if (
             node.target in INPLACE
             and isinstance(first, Node)
@@ -660,8 +666,6 @@ def reuse_buffers(gm: GraphModule) -> int:
         ):
             node.target = INPLACE[node.target]
             changed += 1
-        if node.target in FRESH and (node.target not in INPLACE.values() or first in fresh):
-            fresh.add(node)
     gm.recompile()
     return changed
 

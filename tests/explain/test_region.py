@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from matseg.explain import heatmap as heatmap_module
+from matseg.explain import region as region_module
 from matseg.explain.heatmap import counterfactual_heatmap
 from matseg.explain.region import (
     BoxForward,
@@ -183,6 +184,23 @@ def test_untraceable_model_falls_back_to_whole_forward_passes() -> None:
     )
     assert not boxed.restricted and "cannot be traced" in boxed.notes[0]
     np.testing.assert_allclose(boxed.window_scores, whole.window_scores, rtol=1e-5, atol=1e-7)
+
+
+def test_a_failing_box_algebra_falls_back_to_whole_forward_passes(monkeypatch) -> None:
+    """An operation the box algebra mishandles is not a crash: the model runs whole, noted."""
+
+    def broken(gm: object, box: object) -> None:
+        raise KeyError("held box of an unexpected operation")
+
+    monkeypatch.setattr(region_module, "restrict", broken)
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", "unet", 1, 2)
+    image = np.random.default_rng(0).normal(size=(1, 64, 64)).astype(np.float32)
+    roi = np.zeros((64, 64), dtype=bool)
+    roi[16:40, 20:44] = True
+    hm = counterfactual_heatmap(model.eval(), image, roi, window=16, stride=16, compile="off")
+    assert not hm.restricted and "no box graph (KeyError" in hm.notes[0]
+    assert hm.window_scores.max() > 0
 
 
 def test_a_box_graph_that_disagrees_with_the_full_one_is_not_used(monkeypatch) -> None:

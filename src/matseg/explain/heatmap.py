@@ -10,28 +10,29 @@ spreads it to image resolution, each pixel the mean over the windows that cover 
 Occlusion averages the same way, so with a constant-fill kernel the two maps agree up to sign).
 
 Why it is written here and not taken from Captum: Captum's Occlusion re-runs the full model for
-every window. This module keeps the result identical in fp32 and saves work three ways:
+every window. This module keeps the result identical in fp32 and saves work four ways:
 
 1. Reach: a window whose structural receptive field cannot touch A changes nothing inside A, so
    its H is exactly 0 and it is not run. The footprint is found with one forward pass of NaN
    impulses (NaN spreads through every weight a pixel touches, zeros included, so the footprint
    is a superset of the true influence: skipping is always safe).
-2. Only A's bounding box of each perturbed output is compared (A is 0 elsewhere).
+2. Box-restricted forward passes (``restrict``, ``matseg.explain.region``): A is 0 outside its
+   bounding box, so each layer is computed only where that box depends on it, in a traced graph
+   with BatchNorm folded and bf16 weights cast once. fp32 output equals the full graph's; a
+   model that cannot be traced runs whole.
 3. Batches sized to the free memory in channels_last layout (oneDNN's fast path on CPU), and
-   optionally bf16 autocast (``precision="bf16-mixed"``; fp32 is the default and the
-   reference).
-4. A compiled forward pass (``compile``): TorchInductor with weight freezing folds each
-   BatchNorm into its convolution and fuses ReLU, residual adds and casts into the oneDNN kernels.
-   In eager bf16 those memory-bound ops take over half the time of a ResNet50-UNet forward on
-   CPU; compiled, the forward is about 2x faster. Compiling costs seconds (10-25 s for
-   ResNet50-UNet on 2 cores, less with Inductor's on-disk cache warm), so ``"auto"`` compiles
-   only when there are enough windows to repay it. Every batch is padded to one size, so the
-   graph compiles once.
+   optionally bf16 (``precision="bf16-mixed"``, autocast's casts; fp32 is the default and the
+   reference). The last batch is padded: one batch shape, one graph.
+4. Optionally a compiled forward pass (``compile``): TorchInductor with frozen weights also
+   fuses ReLU, residual adds and casts into the oneDNN kernels. Compiling costs about 19 s for
+   ResNet50-UNet on 2 cores (less with Inductor's on-disk cache warm), so ``"auto"`` compiles
+   only when there are enough windows to repay it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import sys
@@ -148,7 +149,7 @@ class PredictionForward:
         try:
             graph = BoxForward(self.model, padded, self.box, self.precision)
         except RegionUnsupported as exc:
-            self._note(f"whole-image forward passes: the model cannot be traced ({exc})")
+            self._note(f"whole-image forward passes: {exc}")
             return None
         # fp32: the box graph gives the full graph's numbers bit for bit (measured); bf16 kernels
         # of other shapes round differently (0.4% of the largest logit measured)
@@ -198,8 +199,7 @@ class _Net:
         return self.eager is not self
 
     def compile(self) -> _Net:
-        compiled = type(self).__new__(type(self))
-        compiled.__dict__.update(self.__dict__)
+        compiled = copy.copy(self)
         compiled.run = torch.compile(self.module, dynamic=False)
         compiled.eager, compiled.proven = self, False
         return compiled

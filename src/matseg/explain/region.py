@@ -74,7 +74,8 @@ def trace(model: torch.nn.Module, example: torch.Tensor, bf16: bool) -> GraphMod
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             gm = make_fx(torch.func.functionalize(model, remove="mutations"))(example)
     except Exception as exc:  # dynamic control flow, custom ops: the caller runs the model
-        raise RegionUnsupported(f"{type(exc).__name__}: {exc}") from exc
+        reason = f"the model cannot be traced ({type(exc).__name__}: {exc})"
+        raise RegionUnsupported(reason) from exc
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
@@ -680,18 +681,21 @@ class BoxForward:
     def __init__(
         self, model: torch.nn.Module, example: torch.Tensor, box: Box, precision: str
     ) -> None:
-        bf16 = precision == "bf16-mixed"
-        self.full = trace(model, example, bf16)
-        fold_constants(self.full)
-        self.folded = fold_batchnorm(self.full)
         from torch.fx.passes.shape_prop import ShapeProp
 
-        with torch.no_grad():
-            reference = ShapeProp(self.full).propagate(example)
-        self.net, self.plan = restrict(self.full, box)
-        with torch.no_grad():
-            self.check = ShapeProp(self.net).propagate(example)
-        reuse_buffers(self.net)
+        self.full = trace(model, example, precision == "bf16-mixed")
+        try:
+            fold_constants(self.full)
+            self.folded = fold_batchnorm(self.full)
+            with torch.no_grad():
+                reference = ShapeProp(self.full).propagate(example)
+                self.net, self.plan = restrict(self.full, box)
+                self.check = ShapeProp(self.net).propagate(example)
+            reuse_buffers(self.net)
+        except RegionUnsupported:
+            raise
+        except Exception as exc:  # an operation the box algebra mishandles: the model runs whole
+            raise RegionUnsupported(f"no box graph ({type(exc).__name__}: {exc})") from exc
         self.box = box
         self.reference = reference[..., box[0] : box[1], box[2] : box[3]]  # full graph, cropped
 

@@ -186,6 +186,23 @@ def test_untraceable_model_falls_back_to_whole_forward_passes() -> None:
     np.testing.assert_allclose(boxed.window_scores, whole.window_scores, rtol=1e-5, atol=1e-7)
 
 
+def test_box_heatmap_on_an_odd_sized_image_at_its_border() -> None:
+    """Images that are not a multiple of 32 are reflect-padded before the graph; a region at
+    the bottom-right corner reads that padding: the map still equals the whole-model map."""
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", "unet", 1, 3)
+    model = _with_statistics(model)
+    image = np.random.default_rng(1).normal(size=(1, 50, 70)).astype(np.float32)
+    roi = np.zeros((50, 70), dtype=bool)
+    roi[38:50, 55:70] = True
+    boxed = counterfactual_heatmap(model, image, roi, window=8, stride=6, compile="off")
+    whole = counterfactual_heatmap(
+        model, image, roi, window=8, stride=6, compile="off", restrict=False
+    )
+    assert boxed.restricted and boxed.window_scores.max() > 0
+    np.testing.assert_allclose(boxed.window_scores, whole.window_scores, rtol=1e-4, atol=1e-6)
+
+
 def test_a_failing_box_algebra_falls_back_to_whole_forward_passes(monkeypatch) -> None:
     """An operation the box algebra mishandles is not a crash: the model runs whole, noted."""
 

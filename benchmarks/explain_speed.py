@@ -32,7 +32,7 @@ if __name__ == "__main__" and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 import numpy as np
 import torch
 
-from matseg.explain.heatmap import Heatmap, counterfactual_heatmap
+from matseg.explain.heatmap import Heatmap, bounding_box, counterfactual_heatmap
 from matseg.models import build_model
 from matseg.training import predict_logits
 
@@ -85,8 +85,8 @@ def per_batch(model: torch.nn.Module, image: np.ndarray, roi: np.ndarray) -> Non
     model = model.to(memory_format=torch.channels_last)
     x = torch.from_numpy(image)[None].repeat(8, 1, 1, 1)
     x = x.contiguous(memory_format=torch.channels_last)
-    rows, cols = np.flatnonzero(roi.any(1)), np.flatnonzero(roi.any(0))
-    box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    by, bx = bounding_box(roi)
+    box = (by.start, by.stop, bx.start, bx.stop)
     h, w = roi.shape
     for precision in ("bf16-mixed", "32"):
         bf16 = precision == "bf16-mixed"

@@ -46,7 +46,7 @@ def _check_boxes(model: torch.nn.Module, x: torch.Tensor) -> list[float]:
         expected = model(x)
     shares = []
     for box in BOXES:
-        net, plan = restrict(full, box)
+        net, share = restrict(full, box)
         with torch.no_grad():
             ShapeProp(net).propagate(x)
             reuse_buffers(net)
@@ -54,7 +54,7 @@ def _check_boxes(model: torch.nn.Module, x: torch.Tensor) -> list[float]:
         want = expected[..., box[0] : box[1], box[2] : box[3]]
         assert out.shape == want.shape, box
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
-        shares.append(plan.computed_share)
+        shares.append(share)
     return shares
 
 
@@ -118,12 +118,14 @@ def test_every_rule_of_the_box_algebra() -> None:
     assert min(shares) < 1
 
 
-class _Mutating(torch.nn.Module):
-    """A ReLU whose input is read again afterwards: it must not run in place."""
-
+class _OneConvolution(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+
+class _Mutating(_OneConvolution):
+    """A ReLU whose input is read again afterwards: it must not run in place."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
@@ -160,28 +162,36 @@ def test_bf16_box_graph_keeps_autocast_casts() -> None:
     assert float((out - expected).abs().max()) < 0.05 * float(expected.abs().max())
 
 
-class _DataDependent(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
-
+class _DataDependent(_OneConvolution):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         return y if float(y.mean()) > 0 else -y  # branches on a value: cannot be traced
+
+
+def _image_and_region(
+    h: int, w: int, rows: slice, cols: slice, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    image = np.random.default_rng(seed).normal(size=(1, h, w)).astype(np.float32)
+    roi = np.zeros((h, w), dtype=bool)
+    roi[rows, cols] = True
+    return image, roi
+
+
+def _boxed_and_whole(model, image, roi, window: int, stride: int):  # type: ignore[no-untyped-def]
+    """The heatmap with box-restricted forward passes and with the whole model."""
+    boxed = counterfactual_heatmap(model, image, roi, window=window, stride=stride, compile="off")
+    whole = counterfactual_heatmap(
+        model, image, roi, window=window, stride=stride, compile="off", restrict=False
+    )
+    return boxed, whole
 
 
 def test_untraceable_model_falls_back_to_whole_forward_passes() -> None:
     with pytest.raises(RegionUnsupported):
         BoxForward(_DataDependent().eval(), torch.randn(1, 1, 16, 16), (0, 8, 0, 8), "32")
     torch.manual_seed(0)
-    model = _DataDependent().eval()
-    image = np.random.default_rng(0).normal(size=(1, 32, 32)).astype(np.float32)
-    roi = np.zeros((32, 32), dtype=bool)
-    roi[8:20, 8:20] = True
-    boxed = counterfactual_heatmap(model, image, roi, window=8, stride=4, compile="off")
-    whole = counterfactual_heatmap(
-        model, image, roi, window=8, stride=4, compile="off", restrict=False
-    )
+    image, roi = _image_and_region(32, 32, slice(8, 20), slice(8, 20))
+    boxed, whole = _boxed_and_whole(_DataDependent().eval(), image, roi, 8, 4)
     assert not boxed.restricted and "cannot be traced" in boxed.notes[0]
     np.testing.assert_allclose(boxed.window_scores, whole.window_scores, rtol=1e-5, atol=1e-7)
 
@@ -192,13 +202,8 @@ def test_box_heatmap_on_an_odd_sized_image_at_its_border() -> None:
     torch.manual_seed(0)
     model, _ = build_model("resnet18", "unet", 1, 3)
     model = _with_statistics(model)
-    image = np.random.default_rng(1).normal(size=(1, 50, 70)).astype(np.float32)
-    roi = np.zeros((50, 70), dtype=bool)
-    roi[38:50, 55:70] = True
-    boxed = counterfactual_heatmap(model, image, roi, window=8, stride=6, compile="off")
-    whole = counterfactual_heatmap(
-        model, image, roi, window=8, stride=6, compile="off", restrict=False
-    )
+    image, roi = _image_and_region(50, 70, slice(38, 50), slice(55, 70), seed=1)
+    boxed, whole = _boxed_and_whole(model, image, roi, 8, 6)
     assert boxed.restricted and boxed.window_scores.max() > 0
     np.testing.assert_allclose(boxed.window_scores, whole.window_scores, rtol=1e-4, atol=1e-6)
 
@@ -212,9 +217,7 @@ def test_a_failing_box_algebra_falls_back_to_whole_forward_passes(monkeypatch) -
     monkeypatch.setattr(region_module, "restrict", broken)
     torch.manual_seed(0)
     model, _ = build_model("resnet18", "unet", 1, 2)
-    image = np.random.default_rng(0).normal(size=(1, 64, 64)).astype(np.float32)
-    roi = np.zeros((64, 64), dtype=bool)
-    roi[16:40, 20:44] = True
+    image, roi = _image_and_region(64, 64, slice(16, 40), slice(20, 44))
     hm = counterfactual_heatmap(model.eval(), image, roi, window=16, stride=16, compile="off")
     assert not hm.restricted and "no box graph (KeyError" in hm.notes[0]
     assert hm.window_scores.max() > 0
@@ -225,9 +228,7 @@ def test_a_box_graph_that_disagrees_with_the_full_one_is_not_used(monkeypatch) -
     torch.manual_seed(0)
     model, _ = build_model("resnet18", "unet", 1, 2)
     model.eval()
-    image = np.random.default_rng(0).normal(size=(1, 64, 64)).astype(np.float32)
-    roi = np.zeros((64, 64), dtype=bool)
-    roi[16:40, 20:44] = True
+    image, roi = _image_and_region(64, 64, slice(16, 40), slice(20, 44))
     whole = counterfactual_heatmap(model, image, roi, window=16, stride=8, restrict=False)
     boxed = counterfactual_heatmap(model, image, roi, window=16, stride=8)
     assert boxed.restricted and not whole.restricted

@@ -163,7 +163,7 @@ class PredictionForward:
             )
             return None
         self.restricted = True
-        return _BoxNet(graph.net)
+        return _Net(graph.net)  # its bf16 casts are in the graph: no autocast around it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         padded, h, w = pad_to_multiple(x)
@@ -225,10 +225,6 @@ class _WholeNet(_Net):
             logits = super().__call__(padded)[..., : self.h, : self.w]
         y0, y1, x0, x1 = self.box
         return logits[..., y0:y1, x0:x1]
-
-
-class _BoxNet(_Net):
-    """A box-restricted graph (its bf16 casts are in the graph: no autocast around it)."""
 
 
 def _inductor_freezing() -> contextlib.AbstractContextManager[None]:

@@ -361,14 +361,6 @@ def _clip(box: Box, h: int, w: int) -> Box:
     return max(box[0], 0), min(box[1], h), max(box[2], 0), min(box[3], w)
 
 
-@dataclass
-class Plan:
-    """Per feature map, the box that is computed, and how many pixels that saves."""
-
-    boxes: dict[str, Box]
-    computed_share: float  # computed feature-map pixels x channels / the full model's
-
-
 def _plan(gm: GraphModule, box: Box) -> tuple[dict[Node, _Rule], dict[Node, Box], set[Node]]:
     """Rules, computed boxes and image-dependent 4-D maps of every node."""
     maps: set[Node] = set()  # image-dependent 4-D feature maps that can be sliced
@@ -495,8 +487,9 @@ def _as_pair(values: torch.Tensor) -> tuple[torch.Tensor, None]:
     return values, None
 
 
-def restrict(gm: GraphModule, box: Box) -> tuple[GraphModule, Plan]:
-    """A graph computing ``gm``'s output cropped to ``box`` from each map's needed box only."""
+def restrict(gm: GraphModule, box: Box) -> tuple[GraphModule, float]:
+    """A graph computing ``gm``'s output cropped to ``box`` from each map's needed box only, and
+    the share of the feature-map values (pixels x channels) it computes."""
     rules, boxes, maps = _plan(gm, box)
     graph = Graph()
     env: dict[Node, Node] = {}
@@ -606,11 +599,7 @@ def restrict(gm: GraphModule, box: Box) -> tuple[GraphModule, Plan]:
     restricted = GraphModule(gm, graph)
     restricted.graph.eliminate_dead_code()
     restricted.recompile()
-    plan = Plan(
-        boxes={n.name: b for n, b in boxes.items() if n in maps},
-        computed_share=computed / max(full_total, 1),
-    )
-    return restricted, plan
+    return restricted, computed / max(full_total, 1)
 
 
 # out-of-place -> in-place: functionalised tracing made every ReLU and residual add allocate
@@ -674,8 +663,9 @@ def reuse_buffers(gm: GraphModule) -> int:
 class BoxForward:
     """``model`` on batches shaped like ``example``, only output ``box`` computed.
 
-    ``precision`` is "32" or "bf16-mixed" (the graph keeps autocast's casts). Also holds the
-    traced full graph (``full``), with the same folded weights, to check the box graph against.
+    ``precision`` is "32" or "bf16-mixed" (the graph keeps autocast's casts). ``check`` (the box
+    graph) and ``reference`` (the full traced graph, same folded weights, cropped) are their
+    outputs for ``example``, to compare before use.
     """
 
     def __init__(
@@ -683,13 +673,13 @@ class BoxForward:
     ) -> None:
         from torch.fx.passes.shape_prop import ShapeProp
 
-        self.full = trace(model, example, precision == "bf16-mixed")
+        full = trace(model, example, precision == "bf16-mixed")
         try:
-            fold_constants(self.full)
-            self.folded = fold_batchnorm(self.full)
+            fold_constants(full)
+            self.folded = fold_batchnorm(full)
             with torch.no_grad():
-                reference = ShapeProp(self.full).propagate(example)
-                self.net, self.plan = restrict(self.full, box)
+                reference = ShapeProp(full).propagate(example)
+                self.net, self.computed_share = restrict(full, box)
                 self.check = ShapeProp(self.net).propagate(example)
             reuse_buffers(self.net)
         except RegionUnsupported:

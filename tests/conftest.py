@@ -16,6 +16,14 @@ from PIL import Image
 from matseg.datasets.spec import DatasetSpec, spec_from_dict
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _matseg_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The matseg cache (file digests, downloads) in a temporary folder for the whole session,
+    so tests neither read nor write the user's ~/.cache/matseg."""
+    if "MATSEG_CACHE_DIR" not in os.environ:
+        os.environ["MATSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("matseg-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-data folder: ``$MATSEG_SHARED_DATA``, else ``../shared/data`` beside the repo.
@@ -130,7 +138,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     own qc/ and explain/ sub-folders).
     """
     from matseg.datasets.synthetic import write_synthetic_dataset
-    from matseg.execution.local import run_profile
+    from matseg.pipeline import run
     from matseg.profile import load_profile
 
     root = tmp_path_factory.mktemp("tinyrun")
@@ -143,5 +151,4 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "qc": TINY_QC,
     }
     (root / "profile.json").write_text(json.dumps(profile))
-    summary = run_profile(load_profile(root / "profile.json"), root / "runs", progress_bar=False)
-    return summary.folder
+    return run(load_profile(root / "profile.json"), root / "runs", progress_bar=False).path

@@ -73,7 +73,7 @@ def test_load_resolves_dataset_paths_relative_to_the_profile(tmp_path: Path) -> 
     )
     profile = load_profile(path)
     plan = compile_plan(profile)
-    assert plan.jobs[0].spec["root"] == str(spec.parent.resolve())
+    assert plan.jobs[0].spec.root == str(spec.parent.resolve())
 
 
 def test_load_resolves_qc_scenarios_relative_to_the_profile(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_plan_is_the_cartesian_product_with_stable_hashes(tmp_path: Path) -> Non
     moved = compile_plan(load_profile(_write(tmp_path, data)))
     assert [j.hash for j in moved.jobs] == [j.hash for j in changed.jobs]
     assert moved.profile_hash == changed.profile_hash
-    assert moved.jobs[0].training["accelerator"] == "cpu"
+    assert moved.jobs[0].training.accelerator == "cpu"
 
 
 def test_unknown_key_and_missing_dataset_are_one_line_errors(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from matseg.datasets.synthetic import write_synthetic_dataset
-from matseg.execution.local import run_profile
+from matseg.pipeline import run as run_profile
 from matseg.profile import load_profile
 from matseg.results import best_rows
 
@@ -58,7 +58,7 @@ def test_run_writes_the_run_folder_and_is_repeatable(tmp_path: Path) -> None:
     profile = load_profile(_profile(tmp_path))
     first = run_profile(profile, tmp_path / "a", progress_bar=False)
     second = run_profile(profile, tmp_path / "b", progress_bar=False)
-    folder = first.folder
+    folder = first.path
     assert folder.name.startswith("tiny-")
     for name in ("profile.json", "plan.json", "results.csv", "best.csv"):
         assert (folder / name).is_file(), name
@@ -75,10 +75,10 @@ def test_run_writes_the_run_folder_and_is_repeatable(tmp_path: Path) -> None:
         assert metrics["weights"]["source"] == "none"
         assert "val" not in metrics["evaluations"] and "train" not in metrics["evaluations"]
     # the same profile and seed give identical test metrics on CPU
-    assert _metric_rows(folder) == _metric_rows(second.folder)
+    assert _metric_rows(folder) == _metric_rows(second.path)
     # resuming trains nothing
     again = run_profile(profile, tmp_path / "a", resume=True, progress_bar=False)
-    assert again.trained == [] and len(again.skipped) == 2
+    assert again.trained == [] and len(again.reused) == 2
 
 
 def test_existing_run_folder_needs_resume(tmp_path: Path) -> None:

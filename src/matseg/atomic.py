@@ -6,10 +6,13 @@ so a run killed at any moment leaves either the old file or the new one, never a
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +44,29 @@ def write_npy(path: Path, array: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return write_bytes(path, buf.getvalue())
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else round(value, 6)
+    return "" if value is None else value
+
+
+def csv_bytes(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> bytes:
+    """Rows as CSV (UTF-8): the given columns (default: the first row's keys), NaN and None as
+    empty cells, floats rounded to 6 decimals. The one CSV writer of matseg."""
+    fields = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    if fields:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in fields})
+    return buf.getvalue().encode("utf-8")
+
+
+def write_csv(
+    path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None
+) -> Path:
+    """:func:`csv_bytes` written atomically."""
+    return write_bytes(path, csv_bytes(rows, columns))

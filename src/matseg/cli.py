@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from matseg import __version__
-from matseg.errors import InputError, MatsegError
+from matseg.errors import UserError
 
 app = typer.Typer(
     name="matseg",
@@ -48,11 +48,8 @@ err = Console(stderr=True)
 def _friendly_errors() -> Iterator[None]:
     try:
         yield
-    except MatsegError as exc:
+    except UserError as exc:
         err.print(f"[bold red]error[/]: {exc.line()}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except InputError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -377,30 +374,30 @@ def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
 
 
 def _run_and_report(profile: Any, out_dir: Path, resume: bool, **executor: Any) -> Path:
-    from matseg.execution.local import run_profile
-    from matseg.results import best_rows
+    from matseg.pipeline import run
 
     with _progress("grid") as grid:
-        summary = run_profile(
+        done = run(
             profile,
             out_dir,
             resume=resume,
-            progress=lambda label, done, total: grid(done, total),
+            progress=lambda label, n, total: grid(n, total),
+            say=lambda m: err.print(m, highlight=False),
             **executor,
         )
-    out.print(_results_table(summary.rows, "results (Table 3)"))
+    out.print(_results_table(done.results, "results (Table 3)"))
+    out.print(_results_table(done.best_results(), "best per dataset by validation IoU (Table 2)"))
+    best = [done.job(h) for h in dict.fromkeys(row["job"] for row in done.best_results())]
+    for quality in done.quality(best):
+        _print_qc_result(
+            {"input": quality.input, "output": quality.output, "folder": str(quality.folder)}
+        )
     out.print(
-        _results_table(best_rows(summary.rows), "best per dataset by validation IoU (Table 2)")
-    )
-    for quality in summary.quality:
-        _print_qc_result(quality)
-    out.print(
-        f"run folder: {summary.folder}  "
-        f"(trained {len(summary.trained)}, reused {len(summary.skipped)}); "
-        f"report: {summary.report}",
+        f"run folder: {done.path}  "
+        f"(trained {len(done.trained)}, reused {len(done.reused)}); report: {done.report_path}",
         highlight=False,
     )
-    return summary.folder
+    return done.path
 
 
 @app.command("run")
@@ -436,9 +433,9 @@ JobOption = Annotated[
 
 
 def _qc_settings(run: Path, extractors: list[str] | None, detector: str | None) -> Any:
-    from matseg.qc.workflow import run_settings
+    from matseg.rundir import RunDir
 
-    settings = run_settings(run)
+    settings = RunDir.existing(run).qc_settings()
     update: dict[str, Any] = {}
     if extractors:
         update["extractors"] = extractors
@@ -568,7 +565,7 @@ def qc_score(
                 r["image"], f"{r['score']:.3f}", flag, f"{r['patches_flagged']}/{r['patches']}"
             )
         out.print(table)
-        out.print(f"written: {fitted.loaded.folder / 'new_scores.csv'}", highlight=False)
+        out.print(f"written: {fitted.loaded.file('new_scores.csv')}", highlight=False)
 
 
 # --- explanations -------------------------------------------------------------------------------
@@ -602,21 +599,19 @@ def explain_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Counterfactual influence heatmap H of each image inside the expert's region A."""
-    from matseg.explain.run import explain_image
+    from matseg.explain.run import ExplainOptions, explain_image
 
     if target not in ("probabilities", "mask"):
         err.print(f"[bold red]error[/]: --target: expected probabilities or mask, found {target}")
         raise typer.Exit(2)
+    options = ExplainOptions(
+        kernel, window, stride, target, precision, faithful, compile,  # type: ignore[arg-type]
+    )  # fmt: skip
     results = []
     for image in images:
         with _friendly_errors(), _progress("perturbed windows", not as_json) as bar:
-            results.append(
-                explain_image(
-                    run, image, roi, job, kernel, window, stride, target,  # type: ignore[arg-type]
-                    precision, _explain_folder(out_dir, image, len(images)), faithful, progress=bar,
-                    compile=compile,  # type: ignore[arg-type]
-                )
-            )  # fmt: skip
+            folder = _explain_folder(out_dir, image, len(images))
+            results.append(explain_image(run, image, roi, job, options, folder, progress=bar))
         if not as_json:
             _print_explanation(results[-1])
     if as_json:
@@ -687,9 +682,10 @@ def report_command(
     """(Re)build the evaluation record and the report (HTML, Markdown, CSV tables) of a run."""
     from matseg.record import write_record
     from matseg.report import build_report
+    from matseg.rundir import RunDir
 
     with _friendly_errors():
-        if refresh and run.is_dir() and (run / "plan.json").is_file():
+        if refresh and run.is_dir() and RunDir(run).plan_file.is_file():
             out.print(f"record: {write_record(run)}", highlight=False)
         files = build_report(run, out_dir)
         _print_recommendation(files.recommendation)
@@ -796,15 +792,15 @@ def predict_command(
     ] = False,
 ) -> None:
     """Apply a run's model (default: best validation IoU) to new images and volumes, tiled."""
-    from matseg.deploy.predict import predict_inputs
+    from matseg.deploy.predict import PredictOptions, predict_inputs
 
     if axis not in (0, 1, 2):
         raise typer.BadParameter("--axis must be 0, 1 or 2")
+    options = PredictOptions(overlap, batch_size, precision, axis, fuse_axes, probabilities)
     with _friendly_errors():
         summary = predict_inputs(
-            run, inputs, out_dir, job, overlap, batch_size, precision, axis, fuse_axes,
-            probabilities, say=lambda m: out.print(m, highlight=False),
-        )  # fmt: skip
+            run, inputs, out_dir, job, options, say=lambda m: out.print(m, highlight=False)
+        )
     flagged = sum(bool(r["flagged"]) for r in summary.quality)
     qc = f"; QC: {flagged} of {len(summary.quality)} images flagged" if summary.quality else ""
     out.print(
@@ -823,10 +819,11 @@ def export_command(
 ) -> None:
     """A job's model as safetensors + config + model card (smp from_pretrained) and ONNX."""
     from matseg.deploy.export import export_onnx, export_package
-    from matseg.execution.trained import load_trained
+    from matseg.rundir import RunDir
+    from matseg.trained import load_trained
 
     with _friendly_errors():
-        trained = load_trained(run, job)
+        trained = load_trained(RunDir.existing(run), job)
         folder = export_package(trained, out_dir)
         out.print(f"{trained.job.label()}: {folder} (config.json, model.safetensors, README.md)",
                   highlight=False)  # fmt: skip
@@ -890,7 +887,6 @@ def demo(
     """The offline quickstart: generate micrographs, check them, train and compare a small grid."""
     from matseg.atomic import write_json
     from matseg.datasets.check import inspect_dataset, report
-    from matseg.datasets.fingerprint import fingerprint
     from matseg.datasets.spec import load_spec
     from matseg.datasets.synthetic import write_synthetic_dataset
     from matseg.profile import load_profile
@@ -906,7 +902,6 @@ def demo(
         _print_report(rep)
         if not rep.usable:
             raise typer.Exit(1)
-        write_json(data / "fingerprint.json", fingerprint(ins))
         profile_path = write_json(
             out_dir / "demo-profile.json",
             demo_profile(
@@ -918,10 +913,9 @@ def demo(
                 minutes,
             ),
         )
-        out.print(
-            f"profile: {profile_path}; fingerprint: {data / 'fingerprint.json'}", highlight=False
-        )
-        _run_and_report(load_profile(profile_path), out_dir / "runs", resume=True)
+        out.print(f"profile: {profile_path}", highlight=False)
+        folder = _run_and_report(load_profile(profile_path), out_dir / "runs", resume=True)
+        out.print(f"dataset fingerprint: {folder / 'fingerprint.json'}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -7,8 +7,16 @@ from pathlib import Path
 from typing import Any
 
 
-class MatsegError(Exception):
-    """Base of every error matseg raises on purpose; the CLI prints it as one line, no traceback."""
+class UserError(Exception):
+    """The root of every error matseg raises on purpose, for a person to read: the CLI (and a
+    notebook) shows its :meth:`line` alone, without a traceback."""
+
+    def line(self) -> str:
+        return str(self)
+
+
+class MatsegError(UserError):
+    """An error about a named file, field or object: where, what was expected, what was found."""
 
     def __init__(self, where: str, expected: str, found: str, hint: str = "") -> None:
         self.where = where
@@ -27,7 +35,7 @@ class MatsegError(Exception):
         return f"{self.where}: {self.detail()}"
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad arguments to a numerical function (shapes, ranges, names), its message already one
     line that says what was expected and found; the CLI prints it without a traceback.
 

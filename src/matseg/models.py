@@ -446,6 +446,28 @@ def load_weights(model: nn.Module, path: str | Path) -> WeightReport:
     return _report(model, f"file:{path}", loaded, note)
 
 
+def input_channels_of(encoder: str, decoder: str, classes: int, path: str | Path) -> int:
+    """The channel count a trained weights file was made for: the input dimension of the
+    model's first convolution (for run folders that did not record it)."""
+    probe = _create(normalise_decoder(decoder), normalise_encoder(encoder), 3, classes)
+    first = next((k for k, v in probe.state_dict().items() if v.ndim == 4), None)
+    state = read_state(Path(path))
+    if first is None or first not in state:
+        raise ModelError(str(path), f"weights of {encoder} + {decoder}", "no first convolution")
+    return int(state[first].shape[1])
+
+
+def load_trained_model(
+    encoder: str, decoder: str, classes: int, path: str | Path, in_channels: int | None = None
+) -> nn.Module:
+    """A trained model from its weights file, in eval mode (channels read off the file when
+    ``in_channels`` is not given)."""
+    channels = in_channels or input_channels_of(encoder, decoder, classes, path)
+    model, _ = build_model(encoder, decoder, channels, classes)
+    load_weights(model, path)
+    return model.eval()
+
+
 # --- providers ---------------------------------------------------------------------------------
 
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from matseg.datasets.spec import DatasetSpec, load_spec, spec_from_dict
 from matseg.errors import SpecError, read_json
@@ -31,15 +39,35 @@ class _Block(BaseModel):
 
 
 class Task(_Block):
-    """What the segmentation is for, in the expert's words, and what to report."""
+    """What the segmentation is for, in the expert's words, and what to report.
+
+    ``metrics``: the scores the terminal and the report's tables show (IoU always shows: it
+    ranks the combinations); ``results.csv`` and the record keep every score.
+    """
 
     objective: str = Field(default="", description="e.g. 'Identify crystal impingement sites'")
     classes: list[str] | None = Field(default=None, description="overrides the dataset's names")
     metrics: list[Literal["iou", "dice", "pixel_accuracy", "weighted_iou"]] = Field(
-        default_factory=lambda: list(METRICS)
+        default_factory=lambda: list(METRICS),
+        description="scores shown beside IoU in the tables (iou, dice, pixel_accuracy, "
+        "weighted_iou)",
     )
-    qc_signals: list[str] = Field(default_factory=list, description="filled by quality control")
     difficulty: Difficulty | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_qc_signals(cls, data: Any) -> Any:
+        """``qc_signals`` (before 0.2) was never read: quality control writes its signals into
+        the record. An empty list, as older matseg wrote, is dropped; anything else is an error
+        rather than a setting silently ignored."""
+        if isinstance(data, dict) and "qc_signals" in data:
+            if data["qc_signals"]:
+                raise ValueError(
+                    "qc_signals was removed (quality control writes its signals into the "
+                    "record); delete it from task"
+                )
+            data = {k: v for k, v in data.items() if k != "qc_signals"}
+        return data
 
 
 class ModelGrid(_Block):
@@ -163,9 +191,22 @@ class QualityControl(_Block):
 
 
 class Explain(_Block):
-    """Counterfactual explanations (filled in by the explanation step)."""
+    """Counterfactual explanations as part of a run: with ``enabled``, the best job of each
+    dataset explains its first ``images`` test images inside ``roi`` (``y0,x0,y1,x1`` in
+    pixels; none: the whole image), with the perturbation ``kernel``, ``window`` and ``stride``.
+    ``matseg explain`` does the same for any image and region."""
 
     enabled: bool = False
+    images: int = Field(default=1, ge=1, description="test images explained per dataset")
+    roi: str | None = Field(
+        default=None,
+        pattern=r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$",
+        description="region A as y0,x0,y1,x1 (pixels); none: the whole image",
+    )
+    kernel: str = Field(default="blur", description="a perturbation of explain/kernels.py")
+    window: int = Field(default=16, ge=1)
+    stride: int = Field(default=8, ge=1)
+    precision: Precision = "32"
 
 
 class Profile(_Block):

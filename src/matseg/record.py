@@ -25,11 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from matseg import __version__
 from matseg.atomic import write_bytes, write_json
 from matseg.errors import MatsegError, read_json
-from matseg.execution.job import prediction_file
 from matseg.plan import Job
-from matseg.results import read_job_metrics
+from matseg.results import JobResult, SplitResult, best_rows, results_rows
+from matseg.rundir import DatasetFacts, RunDir
 
-RECORD_FILE = "record.json"
 SCHEMA_VERSION = 1
 PACKAGES = (
     "torch", "torchvision", "segmentation-models-pytorch", "timm", "lightning", "numpy",
@@ -260,8 +259,8 @@ def _gpu() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def _provenance(profile_hash: str, jobs: list[Job], metrics: list[dict[str, Any]]) -> Provenance:
-    first = metrics[0].get("provenance", {}) if metrics else {}
+def _provenance(profile_hash: str, jobs: list[Job], results: list[JobResult]) -> Provenance:
+    first = results[0].provenance.model_dump() if results else {}
     return Provenance(
         profile_hash=profile_hash,
         matseg_version=__version__,
@@ -279,118 +278,96 @@ def _provenance(profile_hash: str, jobs: list[Job], metrics: list[dict[str, Any]
 
 
 def _dataset_context(
-    job: Job, task: dict[str, Any], classes: list[str], cache: Path
+    job: Job, task: dict[str, Any], classes: list[str], facts: DatasetFacts | None
 ) -> DatasetContext:
-    """The dataset's context; fingerprint and leaks from the (cached) inspection when readable."""
-    from matseg.datasets.check import inspect_dataset
-    from matseg.datasets.fingerprint import fingerprint
-    from matseg.datasets.spec import spec_from_dict
-
+    """The dataset's context, from the fingerprint the run wrote when it inspected the data."""
     spec = job.spec
-    finger: dict[str, Any] | None = None
-    leaks: list[str] = []
-    notes: list[str] = []
-    splits: dict[str, int] = {}
-    try:
-        ins = inspect_dataset(spec_from_dict(spec, where=f"dataset {job.dataset}"), cache_dir=cache)
-        finger = _nan_to_none(fingerprint(ins))
-        splits = {name: len(items) for name, items in ins.split.splits.items()}
-        leaks = [
-            f"{'identical' if leak.exact else 'near-duplicate'} images across splits: "
-            f"{leak.a} ({leak.split_a}) and {leak.b} ({leak.split_b}), pHash distance "
-            f"{leak.distance}"
-            for leak in ins.leaks
-        ]
-    except MatsegError as exc:  # the data moved since training: say so, keep the rest
-        notes = [f"dataset not readable when the record was written: {exc.line()}"]
+    notes = (
+        []
+        if facts is not None
+        else ["no dataset fingerprint in this run folder (written before matseg 0.2)"]
+    )
     return DatasetContext(
         name=job.dataset,
-        modality=str(spec.get("modality", "other")),
-        material=str(spec.get("material", "")),
+        modality=str(spec.modality),
+        material=spec.material,
         objective=task.get("objective", ""),
         difficulty=task.get("difficulty"),
         classes=classes,
-        splits=splits,
-        fingerprint=finger,
-        leakage_warnings=leaks,
+        splits=facts.splits if facts else {},
+        fingerprint=_nan_to_none(facts.fingerprint) if facts else None,
+        leakage_warnings=facts.leakage_warnings if facts else [],
         notes=notes,
     )
 
 
-def _curves(path: Path) -> list[CurvePoint]:
-    if not path.is_file():
-        return []
-    rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
-
-    def num(v: str) -> float | None:
-        try:
-            x = float(v)
-        except ValueError:
-            return None
-        return x if np.isfinite(x) else None
-
+def _curves(run: RunDir, job: str) -> list[CurvePoint]:
     return [
         CurvePoint(
-            epoch=int(float(r["epoch"])),
-            train_loss=num(r["train_loss"]),
-            val_iou=num(r["val_iou"]),
-            lr=num(r["lr"]),
-            seconds=num(r["seconds"]),
+            epoch=int(r["epoch"] or 0),
+            train_loss=r["train_loss"],
+            val_iou=r["val_iou"],
+            lr=r["lr"],
+            seconds=r["seconds"],
         )
-        for r in rows
+        for r in run.read_curves(job)
     ]
 
 
-def _split_evaluation(split: str, ev: dict[str, Any], folder: str) -> SplitEvaluation:
-    s = ev["scores"]
-    per = s.get("per_image", {})
-    classes = s["classes"]
-    images = []
-    metas = ev.get("images", [])
+def _split_evaluation(run: RunDir, job: str, split: str, ev: SplitResult) -> SplitEvaluation:
+    s = ev.scores
+    per = s.per_image
+    classes = s.classes
+    n = len(ev.images)
 
-    def column(name: str, missing: Any = None) -> list[Any]:
-        return per.get(name) or [missing] * len(metas)
+    def column(values: list[Any], missing: Any = None) -> list[Any]:
+        return values or [missing] * n
 
-    for meta, macro, fg, acc, row in zip(
-        metas, column("macro_iou"), column("foreground_iou"), column("pixel_accuracy"),
-        column("iou", [None] * len(classes)), strict=True,
-    ):  # fmt: skip
-        images.append(
-            ImageScore(
-                key=meta["key"],
-                source=meta.get("source", ""),
-                mask=f"{folder}/{prediction_file(split, meta['key'])}",
-                macro_iou=macro,
-                foreground_iou=fg,
-                pixel_accuracy=acc,
-                iou_per_class=dict(zip(classes, row, strict=True)),
-            )
+    images = [
+        ImageScore(
+            key=meta.key,
+            source=meta.source,
+            mask=run.relative(run.prediction_file(job, split, meta.key)),
+            macro_iou=macro,
+            foreground_iou=fg,
+            pixel_accuracy=acc,
+            iou_per_class=dict(zip(classes, row, strict=True)),
         )
+        for meta, macro, fg, acc, row in zip(
+            ev.images,
+            column(per.macro_iou),
+            column(per.foreground_iou),
+            column(per.pixel_accuracy),
+            column(per.iou, [None] * len(classes)),
+            strict=True,
+        )
+    ]
     baselines = {
         name: {
-            k: b.get(k)
-            for k in ("macro_iou", "foreground_iou", "pixel_accuracy", "macro_dice")
-            if k in b
+            "macro_iou": b.macro_iou,
+            "foreground_iou": b.foreground_iou,
+            "pixel_accuracy": b.pixel_accuracy,
+            "macro_dice": b.macro_dice,
         }
-        for name, b in ev.get("baselines", {}).items()
+        for name, b in ev.baselines.items()
     }
     return SplitEvaluation(
         split=split,
-        n_images=ev["n_images"],
-        macro_iou=s.get("macro_iou"),
-        foreground_iou=s.get("foreground_iou"),
-        dice=s.get("macro_dice"),
-        pixel_accuracy=s.get("pixel_accuracy"),
-        weighted_iou=s.get("weighted_iou"),
-        iou_per_class=s.get("iou_per_class", {}),
-        ci=s.get("ci", {}),
+        n_images=ev.n_images,
+        macro_iou=s.macro_iou,
+        foreground_iou=s.foreground_iou,
+        dice=s.macro_dice,
+        pixel_accuracy=s.pixel_accuracy,
+        weighted_iou=s.weighted_iou,
+        iou_per_class=s.iou_per_class,
+        ci=s.ci,
         baselines=baselines,
         images=images,
     )
 
 
-def _job_record(job: Job, result: dict[str, Any], curves: list[CurvePoint]) -> JobRecord:
-    folder = f"jobs/{job.hash}"
+def _job_record(run: RunDir, result: JobResult) -> JobRecord:
+    job = result.job
     return JobRecord(
         hash=job.hash,
         label=job.label(),
@@ -399,31 +376,31 @@ def _job_record(job: Job, result: dict[str, Any], curves: list[CurvePoint]) -> J
         decoder=job.decoder,
         weights=job.weights,
         seed=job.seed,
-        parameters=int(result["parameters"]),
-        latency_ms_256=result.get("latency_ms_256"),
-        train_seconds=result.get("train_seconds"),
-        epochs=int(result.get("epochs", 0)),
-        best_epoch=int(result.get("best_epoch", -1)),
-        best_val_iou=result.get("best_val_iou"),
-        stopped_by=str(result.get("stopped_by", "")),
-        weights_loaded=_nan_to_none(result.get("weights", {})),
-        curves=curves,
+        parameters=result.parameters,
+        latency_ms_256=result.latency_ms_256,
+        train_seconds=result.train_seconds,
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        best_val_iou=result.best_val_iou,
+        stopped_by=result.stopped_by,
+        weights_loaded=result.weights.model_dump(),
+        curves=_curves(run, job.hash),
         evaluations={
-            split: _split_evaluation(split, ev, folder)
-            for split, ev in result.get("evaluations", {}).items()
+            split: _split_evaluation(run, job.hash, split, ev)
+            for split, ev in result.evaluations.items()
         },
-        folder=folder,
+        folder=run.relative(run.job_dir(job.hash)),
     )
 
 
-def _quality(run: Path, datasets: dict[str, str]) -> list[QualityRecord]:
+def _quality(run: RunDir, datasets: dict[str, str]) -> list[QualityRecord]:
     out = []
-    for qc_file in sorted((run / "qc").glob("*/qc.json")):
+    for job in run.qc_jobs():
+        qc_file = run.qc_file(job, "qc.json")
         data = _nan_to_none(read_json(qc_file, "a quality-control result (qc.json)", RecordError))
-        job = qc_file.parent.name
         verdict = data["verdict"]
         flagged = []
-        scores = qc_file.parent / "scores.csv"
+        scores = run.qc_file(job, "scores.csv")
         if scores.is_file():
             for row in csv.DictReader(scores.read_text(encoding="utf-8").splitlines()):
                 if row["flagged"] == "True":
@@ -436,13 +413,13 @@ def _quality(run: Path, datasets: dict[str, str]) -> list[QualityRecord]:
                             patches_flagged=int(row["patches_flagged"]),
                         )
                     )
-        output_file = qc_file.parent / "output_qc.json"
+        output_file = run.qc_file(job, "output_qc.json")
         output = (
             _nan_to_none(read_json(output_file, "an output QC result", RecordError))
             if output_file.is_file()
             else None
         )
-        figure = qc_file.parent / "output_qc.png"
+        figure = run.qc_file(job, "output_qc.png")
         out.append(
             QualityRecord(
                 job=job,
@@ -458,15 +435,15 @@ def _quality(run: Path, datasets: dict[str, str]) -> list[QualityRecord]:
                 id_test_images_flagged=data.get("id_test_images_flagged", {}),
                 flagged_images=flagged,
                 output_qc=output,
-                figure=str(figure.relative_to(run)) if figure.is_file() else None,
+                figure=run.relative(figure) if figure.is_file() else None,
             )
         )
     return out
 
 
-def _explanations(run: Path, datasets: dict[str, str]) -> list[ExplanationRecord]:
+def _explanations(run: RunDir, datasets: dict[str, str]) -> list[ExplanationRecord]:
     out = []
-    for path in sorted((run / "explain").glob("*/*/explain.json")):
+    for path in run.explanation_files():
         data = _nan_to_none(read_json(path, "an explanation result (explain.json)", RecordError))
         faith = data.get("faithfulness")
         out.append(
@@ -482,69 +459,52 @@ def _explanations(run: Path, datasets: dict[str, str]) -> list[ExplanationRecord
                 faithfulness_auc_ratio=faith.get("auc_ratio") if faith else None,
                 faithfulness=faith,
                 concentration=data.get("concentration", {}),
-                heatmap=str((path.parent / "heatmap.npy").relative_to(run)),
-                figure=str((path.parent / "explain.png").relative_to(run)),
+                heatmap=run.relative(path.parent / "heatmap.npy"),
+                figure=run.relative(path.parent / "explain.png"),
             )
         )
     return out
 
 
-def build_record(run: Path, sample_figures: bool = True) -> EvaluationRecord:
-    """Gather a run folder's results into a validated record (nothing is recomputed)."""
-    from matseg.execution.job import METRICS_FILE
-    from matseg.execution.trained import read_plan
-    from matseg.results import best_rows, job_rows
-
-    run = Path(run)
-    plan = read_plan(run)
-    profile = read_json(run / "profile.json", "the run's profile.json", RecordError)
-    finished = [
-        (job, m)
-        for job in plan.jobs
-        if (m := read_job_metrics(run / "jobs" / job.hash / METRICS_FILE)) is not None
-    ]
+def build_record(run: RunDir | Path) -> EvaluationRecord:
+    """Gather a run folder's results into a validated record: a pure read of the folder (no
+    data is re-inspected, nothing is drawn or recomputed)."""
+    run = run if isinstance(run, RunDir) else RunDir.existing(run)
+    plan = run.read_plan()
+    profile = run.read_profile_data()
+    finished = run.results(plan)
     if not finished:
-        raise RecordError(str(run), "a run with at least one finished job", "none finished")
-    jobs = []
-    for job, result in finished:
-        curves = _curves(run / "jobs" / job.hash / "curves.csv")
-        jobs.append(_job_record(job, _nan_to_none(result), curves))
+        raise RecordError(str(run.root), "a run with at least one finished job", "none finished")
+    facts = run.read_fingerprints()
     task = profile.get("task", {})
     contexts, seen = [], set()
-    for job, result in finished:
-        if job.dataset not in seen:
-            seen.add(job.dataset)
+    for result in finished:
+        if result.job.dataset not in seen:
+            seen.add(result.job.dataset)
             contexts.append(
-                _dataset_context(job, task, list(result["classes"]), run / "cache" / job.dataset)
+                _dataset_context(result.job, task, result.classes, facts.get(result.job.dataset))
             )
-    by_job = {job.hash: job.dataset for job, _ in finished}
+    by_job = {r.job.hash: r.job.dataset for r in finished}
     quality, explanations = _quality(run, by_job), _explanations(run, by_job)
-    figures: dict[str, str] = {}
-    if sample_figures:
-        from matseg.report.samples import write_sample_figure
-
-        rows = [row for job, m in finished for row in job_rows(job, m)]
-        for row in best_rows(rows):
-            job = next(j for j, _ in finished if j.hash == row["job"])
-            path = write_sample_figure(run, job)
-            if path is not None:
-                figures[job.hash] = str(path.relative_to(run))
+    figures = {
+        row["job"]: run.relative(run.sample_figure(row["job"]))
+        for row in best_rows(results_rows(finished))
+        if run.sample_figure(row["job"]).is_file()
+    }
     missing = []
     if len(finished) < len(plan.jobs):
         missing.append(f"{len(plan.jobs) - len(finished)} of {len(plan.jobs)} jobs not finished")
     if not quality:
         missing.append("no quality control (set qc.enabled or run `matseg qc fit`)")
     if not explanations:
-        missing.append("no explanations (run `matseg explain`)")
+        missing.append("no explanations (set explain.enabled or run `matseg explain`)")
     return EvaluationRecord(
         run=RunInfo(
             name=plan.profile_name, description=profile.get("description", ""), profile=profile
         ),
-        provenance=_provenance(
-            plan.profile_hash, [j for j, _ in finished], [m for _, m in finished]
-        ),
+        provenance=_provenance(plan.profile_hash, [r.job for r in finished], finished),
         datasets=contexts,
-        jobs=jobs,
+        jobs=[_job_record(run, _nan_free(r)) for r in finished],
         quality=quality,
         explanations=explanations,
         figures=figures,
@@ -552,19 +512,23 @@ def build_record(run: Path, sample_figures: bool = True) -> EvaluationRecord:
     )
 
 
-def write_record(run: Path, record: EvaluationRecord | None = None) -> Path:
-    """Validate and write ``RUN/record.json`` atomically; return its path."""
+def _nan_free(result: JobResult) -> JobResult:
+    """The result with every NaN as None (JSON, and the record, have no NaN)."""
+    return JobResult.model_validate(_nan_to_none(result.model_dump()))
+
+
+def write_record(run: RunDir | Path, record: EvaluationRecord | None = None) -> Path:
+    """Validate and write the run's ``record.json`` atomically; return its path."""
+    run = run if isinstance(run, RunDir) else RunDir.existing(run)
     record = record if record is not None else build_record(run)
     data = record.model_dump(mode="json")
     EvaluationRecord.model_validate(data)  # what is written must read back
-    return write_json(Path(run) / RECORD_FILE, data)
+    return write_json(run.record_file, data)
 
 
 def read_record(path: Path) -> EvaluationRecord:
     """A record from ``record.json`` (or a run folder holding one), validated; errors one line."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RECORD_FILE
+    path = RunDir(path).record_file if Path(path).is_dir() else Path(path)
     data = read_json(
         path, "an evaluation record (record.json)", RecordError, "run `matseg report RUN`"
     )

@@ -1,4 +1,5 @@
-"""Results tables of finished jobs: the paper's Table 3 (every job), Table 2 (best per dataset).
+"""What a finished job wrote (:class:`JobResult`, its ``metrics.json``) and the results tables
+built from finished jobs: the paper's Table 3 (every job) and Table 2 (best per dataset).
 
 ``results.csv`` has one row per job and evaluated split (``test``, and shift sets such as
 ``different_test``), with confidence intervals and the trivial baselines on the same images.
@@ -8,15 +9,120 @@ never used for a choice) and shows its test numbers.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
-from pathlib import Path
 from typing import Any
 
-from matseg.atomic import write_bytes
+from pydantic import BaseModel, ConfigDict, Field
+
 from matseg.plan import Job
+
+Number = float | None  # NaN is written as NaN by the jobs; JSON null reads as None
+
+
+class _Result(BaseModel):
+    # unknown keys are kept, so a file written by a newer matseg still opens here
+    model_config = ConfigDict(extra="allow")
+
+
+class Bootstrap(_Result):
+    n_boot: int = 0
+    seed: int = 0
+    level: float = 0.95
+
+
+class PerImage(_Result):
+    """The metrics image by image (rows in the order of the split's images)."""
+
+    iou: list[list[Number]] = Field(default_factory=list)
+    dice: list[list[Number]] = Field(default_factory=list)
+    macro_iou: list[Number] = Field(default_factory=list)
+    micro_iou: list[Number] = Field(default_factory=list)
+    macro_dice: list[Number] = Field(default_factory=list)
+    pixel_accuracy: list[Number] = Field(default_factory=list)
+    foreground_iou: list[Number] = Field(default_factory=list)
+    weighted_iou: list[Number] = Field(default_factory=list)
+
+
+class Scores(_Result):
+    """``metrics.SegmentationScores.to_dict()``: pooled scores, per-class, per-image, CIs."""
+
+    classes: list[str]
+    n_images: int
+    confusion: list[list[int]]
+    iou_per_class: dict[str, Number]
+    dice_per_class: dict[str, Number]
+    macro_iou: Number
+    micro_iou: Number
+    macro_dice: Number
+    pixel_accuracy: Number
+    foreground_iou: Number
+    weighted_iou: Number
+    class_weights: dict[str, Number] | None = None
+    per_image: PerImage = Field(default_factory=PerImage)
+    ci: dict[str, list[Number]] = Field(default_factory=dict)
+    iou_per_class_ci: dict[str, list[Number]] | None = None
+    bootstrap: Bootstrap = Field(default_factory=Bootstrap)
+
+    def interval(self, name: str) -> tuple[Number, Number]:
+        """The bootstrap 95% interval of a metric, (None, None) when it has none."""
+        low_high = self.ci.get(name)
+        return (low_high[0], low_high[1]) if low_high else (None, None)
+
+
+class ImageRef(_Result):
+    key: str
+    source: str = ""
+
+
+class SplitResult(_Result):
+    """The ONE evaluation of a job on a split: scores, baselines on the same images, confusions."""
+
+    n_images: int
+    images: list[ImageRef]
+    scores: Scores
+    baselines: dict[str, Scores] = Field(default_factory=dict)
+    confusions: list[list[list[int]]] = Field(default_factory=list)
+
+
+class WeightsLoaded(_Result):
+    """Where the encoder's weights came from (``models.WeightReport``)."""
+
+    source: str
+    encoder_tensors_loaded: int = 0
+    encoder_tensors_total: int = 0
+    parameters: int = 0
+    note: str = ""
+
+
+class JobProvenance(_Result):
+    matseg: str = ""
+    torch: str = ""
+    python: str = ""
+    machine: str = ""
+    processor: str = ""
+    threads: int | None = None
+
+
+class JobResult(_Result):
+    """What a finished job wrote as ``metrics.json``; results, the record and QC read it back.
+
+    ``in_channels`` is absent in run folders written before 0.2 (the model's first layer tells).
+    """
+
+    job: Job
+    classes: list[str]
+    in_channels: int | None = None
+    weights: WeightsLoaded
+    parameters: int
+    latency_ms_256: Number = None
+    epochs: int
+    best_epoch: int
+    best_val_iou: Number
+    stopped_by: str
+    train_seconds: Number = None
+    train_class_frequencies: list[float] = Field(default_factory=list)
+    evaluations: dict[str, SplitResult] = Field(default_factory=dict)
+    provenance: JobProvenance = Field(default_factory=JobProvenance)
+
 
 COLUMNS = [
     "dataset", "split", "encoder", "decoder", "weights", "seed",
@@ -29,58 +135,45 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def read_job_metrics(path: Path) -> dict[str, Any] | None:
-    """A job's metrics.json, or None when the job has not finished."""
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _num(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else round(value, 6)
-    return "" if value is None else value
-
-
-def _ci(scores: dict[str, Any], name: str) -> tuple[Any, Any]:
-    low_high = (scores.get("ci") or {}).get(name)
-    return (low_high[0], low_high[1]) if low_high else (None, None)
-
-
-def job_rows(job: Job, result: dict[str, Any]) -> list[dict[str, Any]]:
+def job_rows(result: JobResult) -> list[dict[str, Any]]:
     """One row per evaluated split of a finished job."""
+    job = result.job
     rows = []
-    for split, ev in result["evaluations"].items():
-        s = ev["scores"]
-        base = ev.get("baselines", {})
-        majority = base.get("majority class", {})
-        all_fg = base.get("all foreground", {})
-        low, high = _ci(s, "macro_iou")
-        fg_low, fg_high = _ci(s, "foreground_iou")
-        per_class = s.get("iou_per_class") or {}
+    for split, ev in result.evaluations.items():
+        s = ev.scores
+        majority = ev.baselines.get("majority class")
+        all_fg = ev.baselines.get("all foreground")
+        low, high = s.interval("macro_iou")
+        fg_low, fg_high = s.interval("foreground_iou")
         rows.append(
             {
                 "dataset": job.dataset, "split": split, "encoder": job.encoder,
                 "decoder": job.decoder, "weights": job.weights, "seed": job.seed,
-                "macro_iou": s.get("macro_iou"), "macro_iou_low": low, "macro_iou_high": high,
-                "foreground_iou": s.get("foreground_iou"),
+                "macro_iou": s.macro_iou, "macro_iou_low": low, "macro_iou_high": high,
+                "foreground_iou": s.foreground_iou,
                 "foreground_iou_low": fg_low, "foreground_iou_high": fg_high,
-                "dice": s.get("macro_dice"), "pixel_accuracy": s.get("pixel_accuracy"),
-                "weighted_iou": s.get("weighted_iou"),
+                "dice": s.macro_dice, "pixel_accuracy": s.pixel_accuracy,
+                "weighted_iou": s.weighted_iou,
                 "iou_per_class": " ".join(
-                    f"{c}={'nan' if v is None else f'{v:.4f}'}" for c, v in per_class.items()
+                    f"{c}={'nan' if v is None or v != v else f'{v:.4f}'}"
+                    for c, v in s.iou_per_class.items()
                 ),
-                "baseline_majority_iou": majority.get("macro_iou"),
-                "baseline_all_foreground_iou": all_fg.get("foreground_iou"),
-                "best_val_iou": result.get("best_val_iou"), "epochs": result.get("epochs"),
-                "best_epoch": result.get("best_epoch"), "stopped_by": result.get("stopped_by"),
-                "train_seconds": result.get("train_seconds"),
-                "parameters": result.get("parameters"),
-                "latency_ms_256": result.get("latency_ms_256"),
-                "n_images": ev.get("n_images"), "job": job.hash,
+                "baseline_majority_iou": majority.macro_iou if majority else None,
+                "baseline_all_foreground_iou": all_fg.foreground_iou if all_fg else None,
+                "best_val_iou": result.best_val_iou, "epochs": result.epochs,
+                "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
+                "train_seconds": result.train_seconds,
+                "parameters": result.parameters,
+                "latency_ms_256": result.latency_ms_256,
+                "n_images": ev.n_images, "job": job.hash,
             }
         )  # fmt: skip
     return rows
+
+
+def results_rows(results: list[JobResult]) -> list[dict[str, Any]]:
+    """Table 3: one row per finished job and evaluated split, in plan order."""
+    return [row for result in results for row in job_rows(result)]
 
 
 def best_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -93,22 +186,3 @@ def best_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if current is None or (row["best_val_iou"] or -1) > (current["best_val_iou"] or -1):
             best[row["dataset"]] = row
     return list(best.values())
-
-
-def _csv(rows: list[dict[str, Any]]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _num(row.get(k)) for k in COLUMNS})
-    return buf.getvalue().encode()
-
-
-def write_results(
-    folder: Path, jobs: list[Job], results: dict[str, dict[str, Any] | None]
-) -> list[dict[str, Any]]:
-    """Write results.csv and best.csv from the finished jobs; return the rows."""
-    rows = [row for job in jobs if (r := results.get(job.hash)) for row in job_rows(job, r)]
-    write_bytes(folder / "results.csv", _csv(rows))
-    write_bytes(folder / "best.csv", _csv(best_rows(rows)))
-    return rows

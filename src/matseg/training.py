@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,9 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 
 from matseg import metrics
+from matseg.atomic import write_json
 from matseg.datasets.dataset import MicrographDataset, Sample
+from matseg.profile import Training
 
 log = logging.getLogger(__name__)
 
@@ -299,9 +303,77 @@ class SegmentationModule(L.LightningModule):
             "history": self.history,
             "stopped_by": stopped,
         }
-        if self.trainer.world_size > 1 and self.trainer.is_global_zero and self.handback:
+        if self.trainer.is_global_zero and self.handback is not None:
             # processes started by spawning keep their state: hand rank 0's to the caller
-            torch.save(self.outcome, self.handback)
+            write_handback(self.handback, self.outcome)
+
+
+HANDBACK = "fit-outcome"  # + .json (curves, best epoch) and .safetensors (best weights)
+
+
+def handback_files(stem: Path) -> tuple[Path, Path]:
+    return stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+
+
+def write_handback(stem: Path, outcome: dict[str, Any]) -> None:
+    """Rank 0's outcome of a spawned fit for the calling process: the best weights as
+    safetensors and the rest as JSON (no pickle, so nothing in a run folder can run code)."""
+    from safetensors.torch import save_file
+
+    meta, weights = handback_files(stem)
+    state = outcome["best_state"]
+    if state is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(weights))
+    write_json(
+        meta,
+        {k: v for k, v in outcome.items() if k != "best_state"} | {"has_state": state is not None},
+    )
+
+
+def read_handback(stem: Path) -> dict[str, Any] | None:
+    """The outcome :func:`write_handback` left (None when rank 0 left none); files removed."""
+    from safetensors.torch import load_file
+
+    meta, weights = handback_files(stem)
+    if not meta.is_file():
+        return None
+    outcome = json.loads(meta.read_text(encoding="utf-8"))
+    outcome["best_state"] = load_file(str(weights)) if outcome.pop("has_state") else None
+    meta.unlink()
+    weights.unlink(missing_ok=True)
+    return outcome
+
+
+class _LightningChatter(logging.Filter):
+    """Lets through everything but Lightning's informational records (banners, tips)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("lightning")
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """While training: Lightning's banners ("GPU available: False"), tips and library
+    deprecation warnings stay off the terminal, and go to the job's log file instead; its
+    warnings and errors, and the progress bar, still show."""
+    chatter = _LightningChatter()
+    handlers = [
+        h
+        for name in ("", "lightning", "lightning.pytorch", "lightning.fabric")
+        for h in logging.getLogger(name).handlers
+        if not isinstance(h, logging.FileHandler)
+    ]
+    for handler in handlers:
+        handler.addFilter(chatter)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(chatter)
+    for w in caught:  # to the job log (matseg's logger reaches the terminal only from WARNING)
+        log.info("library warning (%s): %s", w.category.__name__, w.message)
 
 
 def _log_epoch(entry: dict[str, float]) -> None:
@@ -376,7 +448,7 @@ def process_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
-def distribution(training: dict[str, Any]) -> dict[str, Any]:
+def distribution(training: Training) -> dict[str, Any]:
     """The Trainer's devices, nodes and strategy for a job's training block.
 
     Several devices on one machine are started by spawning (``ddp_spawn``): the caller's
@@ -384,9 +456,9 @@ def distribution(training: dict[str, Any]) -> dict[str, Any]:
     task). When a cluster launcher already started one process per device (SLURM, torchrun),
     Lightning's ``ddp`` joins them, and only rank 0 writes results (see ``process_rank``).
     """
-    devices = int(training.get("devices", 1))
-    nodes = int(training.get("num_nodes", 1))
-    strategy = training.get("strategy", "auto")
+    devices = training.devices
+    nodes = training.num_nodes
+    strategy = training.strategy
     if strategy == "auto" and devices * nodes > 1:
         strategy = "ddp" if launched_by_cluster() else "ddp_spawn"
     return {"devices": devices, "num_nodes": nodes, "strategy": strategy}
@@ -413,10 +485,10 @@ def _tensors_shared_by_file(spawning: bool) -> Iterator[None]:
         mp.set_sharing_strategy(before)
 
 
-def uses_channels_last(training: dict[str, Any]) -> bool:
+def uses_channels_last(training: Training) -> bool:
     """The profile's channels_last, defaulting to on with bf16 (where it pays on CPU)."""
-    value = training.get("channels_last")
-    return training["precision"] == "bf16-mixed" if value is None else bool(value)
+    value = training.channels_last
+    return training.precision == "bf16-mixed" if value is None else bool(value)
 
 
 # --- one job ------------------------------------------------------------------------------------
@@ -440,7 +512,7 @@ def fit(
     train: MicrographDataset,
     val: MicrographDataset,
     num_classes: int,
-    training: dict[str, Any],
+    training: Training,
     seed: int,
     ignore_index: int,
     log_dir: Path,
@@ -448,80 +520,79 @@ def fit(
 ) -> FitResult:
     """Train with early stopping on validation IoU; return the model with its best weights."""
     L.seed_everything(seed, workers=True, verbose=False)
-    precision = training["precision"]
     channels_last = uses_channels_last(training)
-    patch = training["patch_size"]
-    length = training.get("crops_per_epoch") or crops_per_epoch(train, patch)
-    crops = RandomCrops(train, patch, length, seed, training["augment"], ignore_index)
+    patch = training.patch_size
+    length = training.crops_per_epoch or crops_per_epoch(train, patch)
+    crops = RandomCrops(train, patch, length, seed, training.augment, ignore_index)
     generator = torch.Generator().manual_seed(seed)
     train_loader = torch.utils.data.DataLoader(
-        crops, batch_size=training["batch_size"], shuffle=True, generator=generator, drop_last=False
+        crops, batch_size=training.batch_size, shuffle=True, generator=generator, drop_last=False
     )
     whole = WholeImages(val)
     val_loader = torch.utils.data.DataLoader(
         whole, batch_size=1, sampler=ValidationShards(len(whole))
     )
-    handback = log_dir / "fit-outcome.pt"
-    handback.unlink(missing_ok=True)  # never read a previous attempt's outcome
+    where = distribution(training)
+    spawned = where["strategy"] == "ddp_spawn"
+    handback = log_dir / HANDBACK
+    for stale in handback_files(handback):  # never read a previous attempt's outcome
+        stale.unlink(missing_ok=True)
     module = SegmentationModule(
         model,
         num_classes,
-        training["loss"],
-        training["learning_rate"],
-        training["scheduler"],
-        training["max_epochs"],
+        training.loss,
+        training.learning_rate,
+        training.scheduler,
+        training.max_epochs,
         ignore_index,
         channels_last,
-        time_budget_s=60 * training["max_minutes"]
-        if training.get("max_minutes") and training["scheduler"] == "cosine"
+        time_budget_s=60 * training.max_minutes
+        if training.max_minutes and training.scheduler == "cosine"
         else None,
-        handback=handback,
+        handback=handback if spawned else None,
     )
-    stopper = L.pytorch.callbacks.EarlyStopping(
-        "val_iou", mode="max", patience=training["patience"]
-    )
-    where = distribution(training)
-    trainer = L.Trainer(
-        accelerator=training.get("accelerator", "auto"),
-        **where,
-        precision=precision,
-        max_epochs=training["max_epochs"],
-        max_time={"minutes": training["max_minutes"]} if training.get("max_minutes") else None,
-        callbacks=[stopper, _NewEpochCrops(crops)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        default_root_dir=log_dir,
-        log_every_n_steps=1,
-    )
-    start = time.perf_counter()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with _tensors_shared_by_file(where["strategy"] == "ddp_spawn"):
-        trainer.fit(module, train_loader, val_loader)
-    seconds = time.perf_counter() - start
-    outcome = module.outcome
-    if handback.exists():  # spawned processes trained it: rank 0 left what it found here
-        outcome = torch.load(handback, weights_only=False)
-        handback.unlink()
-        for entry in outcome["history"]:  # the spawned processes' log lines did not reach here
-            _log_epoch(entry)
-    if outcome is None:
-        raise RuntimeError(f"training in {log_dir} ended without an outcome from rank 0")
-    if outcome["best_state"] is not None:
-        module.model.load_state_dict(outcome["best_state"])
-    model_out = module.model.cpu().to(memory_format=torch.contiguous_format)
-    return FitResult(
-        model=copy.deepcopy(model_out).eval(),
-        best_epoch=outcome["best_epoch"],
-        best_val_iou=outcome["best_iou"],
-        epochs_run=len(outcome["history"]),
-        seconds=seconds,
-        history=outcome["history"],
-        stopped_by=outcome["stopped_by"],
-    )
+    stopper = L.pytorch.callbacks.EarlyStopping("val_iou", mode="max", patience=training.patience)
+    with quiet_lightning():  # banners and tips to the job log, not the terminal
+        trainer = L.Trainer(
+            accelerator=training.accelerator,
+            **where,
+            precision=training.precision,
+            max_epochs=training.max_epochs,
+            max_time={"minutes": training.max_minutes} if training.max_minutes else None,
+            callbacks=[stopper, _NewEpochCrops(crops)],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic=True,
+            default_root_dir=log_dir,
+            log_every_n_steps=1,
+        )
+        start = time.perf_counter()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with _tensors_shared_by_file(spawned):
+            trainer.fit(module, train_loader, val_loader)
+        seconds = time.perf_counter() - start
+        outcome = module.outcome
+        if spawned:  # spawned processes trained it: rank 0 left what it found in the hand-back
+            outcome = read_handback(handback) or outcome
+            for entry in outcome["history"] if outcome else []:  # their log lines stayed there
+                _log_epoch(entry)
+        if outcome is None:
+            raise RuntimeError(f"training in {log_dir} ended without an outcome from rank 0")
+        if outcome["best_state"] is not None:
+            module.model.load_state_dict(outcome["best_state"])
+        model_out = module.model.cpu().to(memory_format=torch.contiguous_format)
+        return FitResult(
+            model=copy.deepcopy(model_out).eval(),
+            best_epoch=outcome["best_epoch"],
+            best_val_iou=outcome["best_iou"],
+            epochs_run=len(outcome["history"]),
+            seconds=seconds,
+            history=outcome["history"],
+            stopped_by=outcome["stopped_by"],
+        )
 
 
 # Test-time augmentation: the dihedral views a micrograph has no preferred one of (nnU-Net

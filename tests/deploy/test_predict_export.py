@@ -15,9 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from matseg.cli import app
-from matseg.deploy.predict import is_volume, predict_inputs
-from matseg.execution.trained import load_trained
+from matseg.deploy.predict import PredictOptions, is_volume, predict_inputs
 from matseg.explain.roi import read_image
+from matseg.trained import load_trained
 from matseg.training import predict_probabilities
 
 
@@ -46,7 +46,7 @@ def test_large_image_stack_and_volume_with_qc_flags(qc_run: Path, tmp_path: Path
     assert is_volume(tmp_path / "vol.tif") and not is_volume(tmp_path / "big.png")
     out = tmp_path / "pred"
     summary = predict_inputs(qc_run, [tmp_path / "big.png", tmp_path / "vol.tif"], out,
-                             probabilities=True)  # fmt: skip
+                             options=PredictOptions(probabilities=True))  # fmt: skip
     image_pred, volume_pred = summary.predictions
     mask = np.asarray(Image.open(image_pred.mask))
     assert mask.shape == big.shape[:2] and image_pred.tiles == 3 * 4  # starts 0,48,64 x 0,48,96,128
@@ -66,13 +66,13 @@ def test_large_image_stack_and_volume_with_qc_flags(qc_run: Path, tmp_path: Path
     # a slice of a volume is read and normalised like the same picture as a 2D file
     Image.fromarray(volume[0]).save(tmp_path / "slice0.png")
     (flat,) = predict_inputs(
-        qc_run, [tmp_path / "slice0.png"], tmp_path / "s", quality=False
+        qc_run, [tmp_path / "slice0.png"], tmp_path / "s", options=PredictOptions(quality=False)
     ).predictions
     np.testing.assert_array_equal(
         np.asarray(Image.open(flat.mask)), tifffile.imread(volume_pred.mask)[0]
     )
-    fused = predict_inputs(qc_run, [tmp_path / "vol.tif"], tmp_path / "fused", fuse_axes=True,
-                           quality=False)  # fmt: skip
+    fused = predict_inputs(qc_run, [tmp_path / "vol.tif"], tmp_path / "fused",
+                           options=PredictOptions(fuse_axes=True, quality=False))  # fmt: skip
     assert tifffile.imread(fused.predictions[0].mask).shape == volume.shape
 
 

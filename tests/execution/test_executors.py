@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from matseg.execution.local import run_profile
-from matseg.execution.workers import PID_FILE
+from matseg.pipeline import run as run_profile
 from matseg.profile import load_profile
 
 SCORES = ("dataset", "split", "encoder", "decoder", "macro_iou", "foreground_iou", "dice",
@@ -58,7 +57,7 @@ def sequential(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dic
         )
     finally:
         torch.set_num_threads(threads)
-    return root, _table(summary.folder)
+    return root, _table(summary.path)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs for 2 worker processes")
@@ -66,8 +65,8 @@ def test_local_worker_processes_give_the_same_table(sequential, tmp_path: Path) 
     root, expected = sequential
     summary = run_profile(load_profile(_profile(root, "grid")), tmp_path, workers=2)
     assert sorted(summary.trained) == sorted(j.hash for j in summary.plan.jobs)
-    assert _table(summary.folder) == expected
-    assert (summary.folder / "report.html").is_file()
+    assert _table(summary.path) == expected
+    assert (summary.path / "report.html").is_file()
 
 
 def _free_port() -> int:
@@ -110,7 +109,7 @@ def test_ray_cluster_survives_a_killed_worker(sequential, tmp_path: Path) -> Non
         killed = None
         deadline = time.monotonic() + 240
         while killed is None and time.monotonic() < deadline and thread.is_alive():
-            for pid_file in tmp_path.glob(f"*/jobs/*/{PID_FILE}"):
+            for pid_file in tmp_path.glob("*/jobs/*/worker.pid"):
                 if not (pid_file.parent / "metrics.json").exists():
                     time.sleep(1.0)  # well inside training
                     killed = int(pid_file.read_text())
@@ -121,8 +120,8 @@ def test_ray_cluster_survives_a_killed_worker(sequential, tmp_path: Path) -> Non
         assert "error" not in result, result.get("error")
         assert killed is not None, "no job was running to kill"
         summary = result["summary"]
-        assert _table(summary.folder) == expected
-        pids = {int(p.read_text()) for p in summary.folder.glob(f"jobs/*/{PID_FILE}")}
+        assert _table(summary.path) == expected
+        pids = {int(p.read_text()) for p in summary.path.glob("jobs/*/worker.pid")}
         assert killed not in pids  # the killed job was retried by another worker process
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -17,7 +17,7 @@ from matseg.errors import DataError
 from matseg.explain.faithfulness import faithfulness
 from matseg.explain.heatmap import counterfactual_heatmap
 from matseg.explain.roi import read_image, region_of_interest
-from matseg.explain.run import explain_image
+from matseg.explain.run import ExplainOptions, explain_image
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,8 @@ def test_a_faithful_map_beats_a_shuffled_one() -> None:
 
 def test_explain_image_writes_its_files(run: Path, tmp_path: Path) -> None:
     image = next((run.parent.parent / "data" / "images").glob("*.png"))
-    result = explain_image(run, image, "8,8,40,40", window=8, stride=8, out=tmp_path / "x")
+    options = ExplainOptions(window=8, stride=8)
+    result = explain_image(run, image, "8,8,40,40", options=options, out=tmp_path / "x")
     folder = Path(result["folder"])
     heat = np.load(folder / "heatmap.npy")
     assert heat.shape == (64, 64) and heat.max() > 0

@@ -19,7 +19,7 @@ from matseg.datasets.spec import load_spec
 from matseg.qc.detectors import make_detector
 from matseg.qc.evaluation import acceptance_threshold, auroc
 from matseg.qc.extractors import ExtractorContext, make_extractor
-from matseg.qc.workflow import Patches, cut_patches, image_scores
+from matseg.qc.patches import Patches, cut_patches, image_scores
 
 pytestmark = pytest.mark.realdata
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from matseg.cli import app
 from matseg.datasets.synthetic import generate
-from matseg.execution.local import run_profile
+from matseg.pipeline import run as run_profile
 from matseg.profile import load_profile
 from matseg.qc.evaluation import acceptance_threshold
 from matseg.qc.outputs import output_qc
+from matseg.qc.patches import cut_patches
 from matseg.qc.workflow import (
-    cut_patches,
     evaluate_qc,
     fit_qc,
     load_fitted,
@@ -87,7 +87,7 @@ def test_threshold_accepts_the_validation_share(run: Path) -> None:
 def test_output_qc_scores_every_prediction(run: Path) -> None:
     loaded = load_job(run)
     result = output_qc(loaded)
-    metrics = json.loads((run / "jobs" / loaded.job.hash / "metrics.json").read_text())
+    metrics = json.loads(loaded.run.metrics_file(loaded.job.hash).read_text())
     assert len(result["images"]) == metrics["evaluations"]["test"]["n_images"]
     assert all(0 <= r["iou"] <= 1 and np.isfinite(r["score"]) for r in result["images"])
     assert (loaded.folder / "output_qc.png").stat().st_size > 1000
@@ -115,11 +115,13 @@ def test_run_with_qc_enabled_checks_the_best_job(run: Path, tmp_path: Path) -> N
     profile["qc"] = {**profile["qc"], "enabled": True, "compare": ["knn"]}
     profile["datasets"] = [json.loads((run / "plan.json").read_text())["jobs"][0]["spec"]]
     (tmp_path / "p.json").write_text(json.dumps(profile))
-    summary = run_profile(load_profile(tmp_path / "p.json"), tmp_path / "runs", progress_bar=False)
-    assert len(summary.quality) == 1
-    folder = Path(summary.quality[0]["folder"])
-    assert (folder / "qc.json").is_file() and (folder / "output_qc.json").is_file()
+    done = run_profile(load_profile(tmp_path / "p.json"), tmp_path / "runs", progress_bar=False)
+    (quality,) = done.quality()
+    assert quality.job.hash == done.best().hash and quality.output is not None
+    assert (quality.folder / "qc.json").is_file() and (quality.folder / "output_qc.json").is_file()
+    written = (quality.folder / "qc.json").stat().st_mtime_ns
     again = run_profile(
         load_profile(tmp_path / "p.json"), tmp_path / "runs", resume=True, progress_bar=False
     )
-    assert again.quality == []  # kept on resume, not redone
+    assert again.trained == [] and again.qc().input == quality.input
+    assert (quality.folder / "qc.json").stat().st_mtime_ns == written  # kept, not redone

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from matseg.cli import app
 from matseg.record import (
-    RECORD_FILE,
     EvaluationRecord,
     RecordError,
     read_record,
@@ -28,6 +27,7 @@ from matseg.report.knowledge import (
     suggest,
     suggest_for_profile,
 )
+from matseg.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 INJECTED = "<script>window.__pwned = 1; document.title = 'pwned'</script> grains & <b>bold</b>"
@@ -36,7 +36,7 @@ INJECTED = "<script>window.__pwned = 1; document.title = 'pwned'</script> grains
 @pytest.fixture(scope="module")
 def reported_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the tiny run with QC, one heatmap, an injected task text, record and report."""
-    from matseg.explain.run import explain_image
+    from matseg.explain.run import ExplainOptions, explain_image
     from matseg.qc.pipeline import run_quality_control
 
     run = tmp_path_factory.mktemp("reported") / tiny_run.name
@@ -48,7 +48,7 @@ def reported_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     run_quality_control(run)
     plan = json.loads((run / "plan.json").read_text())
     image = sorted(Path(plan["jobs"][0]["spec"]["root"], "images").iterdir())[0]
-    explain_image(run, image, roi="8,8,40,40", window=16, stride=8)
+    explain_image(run, image, roi="8,8,40,40", options=ExplainOptions(window=16, stride=8))
     write_record(run)
     build_report(run)
     return run
@@ -90,12 +90,12 @@ def test_committed_record_schema_is_current() -> None:
 
 
 def test_record_is_validated_on_read(reported_run: Path, tmp_path: Path) -> None:
-    data = json.loads((reported_run / RECORD_FILE).read_text())
+    data = json.loads(RunDir(reported_run).record_file.read_text())
     data["jobs"][0]["parameters"] = "many"
-    (tmp_path / RECORD_FILE).write_text(json.dumps(data))
+    RunDir(tmp_path).record_file.write_text(json.dumps(data))
     with pytest.raises(RecordError, match=r"jobs\.0\.parameters.*'many'"):
         read_record(tmp_path)
-    (tmp_path / RECORD_FILE).write_text("{not json")
+    RunDir(tmp_path).record_file.write_text("{not json")
     with pytest.raises(RecordError, match="valid JSON"):
         read_record(tmp_path)
     with pytest.raises(RecordError, match="no such file"):
@@ -144,8 +144,8 @@ def test_report_renders_in_headless_chromium(reported_run: Path) -> None:
 
 
 def test_report_rebuilds_from_the_record_alone(reported_run: Path, tmp_path: Path) -> None:
-    shutil.copy(reported_run / RECORD_FILE, tmp_path / RECORD_FILE)
-    files = build_report(tmp_path / RECORD_FILE)
+    shutil.copy(RunDir(reported_run).record_file, RunDir(tmp_path).record_file)
+    files = build_report(RunDir(tmp_path).record_file)
     html = files.html.read_text()
     assert files.html.parent == tmp_path and "Table 3" in html
     assert html.count("<img") == 3  # charts from record data; the run's PNG files are not here
@@ -210,7 +210,13 @@ def test_cli_report_compare_recommend(reported_run: Path, tmp_path: Path) -> Non
     assert suggest_for_profile(tmp_path / "p.json", [])[0].dataset == "synthetic-particles"
 
 
-def test_record_of_a_run_whose_data_moved_says_so(reported_run: Path, tmp_path: Path) -> None:
+def test_record_is_a_pure_read_of_the_run_folder(
+    reported_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record needs nothing but the run folder: with the data gone and any inspection or
+    drawing forbidden, it still holds the fingerprint written at the start, and the figures."""
+    import matseg.datasets.check as check
+    import matseg.plots as plots
     from matseg.record import build_record
 
     run = tmp_path / reported_run.name
@@ -218,9 +224,16 @@ def test_record_of_a_run_whose_data_moved_says_so(reported_run: Path, tmp_path: 
     plan = json.loads((run / "plan.json").read_text())
     plan["jobs"][0]["spec"]["root"] = str(tmp_path / "moved-away")
     (run / "plan.json").write_text(json.dumps(plan))
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the record must not read the data or draw")
+
+    monkeypatch.setattr(check, "inspect_dataset", forbidden)
+    monkeypatch.setattr(plots, "subplots", forbidden)
     record = build_record(run)
     (ctx,) = record.datasets
-    assert ctx.leakage_warnings == [] and ctx.fingerprint is None
-    assert "not readable when the record was written" in ctx.notes[0]
-    assert record.figures == {}  # no sample figure without the data, and no crash
+    written = json.loads(RunDir(run).fingerprint_file.read_text())[ctx.name]
+    assert ctx.fingerprint == written["fingerprint"] and ctx.splits == written["splits"]
+    assert ctx.notes == [] and ctx.leakage_warnings == []
+    assert list(record.figures) == [record.jobs[0].hash]  # drawn by the job, read here
     assert record.jobs[0].evaluations["test"].macro_iou is not None  # the metrics are kept

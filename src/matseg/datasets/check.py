@@ -110,7 +110,8 @@ class Inspection:
         """
         loader = self.cache.loader if self.cache is not None else None
         cache = DecodeCache(self.spec, cache_dir, loader=loader)
-        return MicrographDataset(self.spec, plan_tiles(self.spec, self.split.splits, cache), cache)
+        refs = plan_tiles(self.spec, self.split.splits, cache)
+        return MicrographDataset(self.spec, refs, cache, class_names(self.spec, self.stats))
 
 
 def _with_inferred_encoding(spec: DatasetSpec, found: Discovery) -> tuple[DatasetSpec, str, str]:

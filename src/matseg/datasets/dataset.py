@@ -174,12 +174,29 @@ def plan_tiles(
 
 
 class MicrographDataset:
-    """Map-style dataset over tile references; index -> ``Sample``."""
+    """Map-style dataset over tile references; index -> ``Sample``; ``plot(i)`` shows one.
 
-    def __init__(self, spec: DatasetSpec, refs: list[TileRef], cache: DecodeCache) -> None:
+    ``classes``: the class names (the spec's, or those the inspection named), for legends.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        refs: list[TileRef],
+        cache: DecodeCache,
+        classes: list[str] | None = None,
+    ) -> None:
         self.spec = spec
         self.refs = refs
         self.cache = cache
+        self.classes = classes or list(spec.classes or [])
+
+    def __repr__(self) -> str:
+        splits = {r.split for r in self.refs}
+        return (
+            f"MicrographDataset({self.spec.name!r}: {len(self)} samples, splits "
+            f"{sorted(splits)}, classes {self.classes})"
+        )
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -214,7 +231,25 @@ class MicrographDataset:
 
     def split(self, name: str) -> MicrographDataset:
         """The subset of one split (same cache)."""
-        return MicrographDataset(self.spec, [r for r in self.refs if r.split == name], self.cache)
+        refs = [r for r in self.refs if r.split == name]
+        return MicrographDataset(self.spec, refs, self.cache, self.classes)
+
+    def plot(self, index: int) -> Any:
+        """Image, mask in class colours with a legend, and their overlay, as a matplotlib
+        figure (shown inline in a notebook; ``fig.savefig(path)`` to keep it)."""
+        from matseg.plots import sample_figure
+
+        sample = self[index]
+        names = self.classes or [str(c) for c in range(int(_max_class(sample)) + 1)]
+        title = f"{sample.meta.key} ({sample.meta.split})"
+        return sample_figure(sample.image, sample.mask, names, self.spec.ignore_index, title)
+
+
+def _max_class(sample: Sample) -> int:
+    if sample.mask is None:
+        return 0
+    valid = sample.mask[sample.mask < 255]
+    return int(valid.max()) if valid.size else 0
 
 
 def collate_samples(samples: list[Sample]) -> dict[str, Any]:

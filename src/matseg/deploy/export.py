@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from matseg.atomic import write_bytes
 from matseg.errors import ModelError
-from matseg.execution.job import METRICS_FILE
-from matseg.execution.trained import TrainedJob
+from matseg.trained import TrainedJob
 
 
 @dataclass
@@ -39,7 +37,7 @@ def export_onnx(
             'pip install "matseg[export]"',
         ) from exc  # fmt: skip
     model = trained.model.eval().float()
-    size = size or trained.job.training.get("patch_size") or 256
+    size = size or trained.job.training.patch_size or 256
     x = torch.randn(
         1, trained.data.in_channels, size, size, generator=torch.Generator().manual_seed(0)
     )
@@ -59,20 +57,23 @@ def export_onnx(
     return OnnxExport(path, opset, float(np.abs(got - expected).max()), tuple(x.shape))
 
 
-def _metrics_card(run: Path, trained: TrainedJob) -> tuple[str, dict[str, Any]]:
-    metrics = json.loads((run / "jobs" / trained.job.hash / METRICS_FILE).read_text())
+def _metrics_card(trained: TrainedJob) -> str:
     rows = []
-    for split, ev in metrics["evaluations"].items():
-        s = ev["scores"]
-        lo, hi = (s.get("ci") or {}).get("macro_iou") or (None, None)
+    for split, ev in trained.result.evaluations.items():
+        s = ev.scores
+        lo, hi = s.interval("macro_iou")
         ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
-        major = ev.get("baselines", {}).get("majority class", {}).get("macro_iou")
+        major = ev.baselines.get("majority class")
+        major_iou = major.macro_iou if major else None
         rows.append(
-            f"| {split} | {ev['n_images']} | {s['macro_iou']:.3f}{ci} | "
-            f"{'–' if s.get('foreground_iou') is None else format(s['foreground_iou'], '.3f')} | "
-            f"{'–' if major is None else format(major, '.3f')} |"
+            f"| {split} | {ev.n_images} | {_f(s.macro_iou)}{ci} | {_f(s.foreground_iou)} | "
+            f"{_f(major_iou)} |"
         )
-    return "\n".join(rows), metrics
+    return "\n".join(rows)
+
+
+def _f(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.3f}"
 
 
 def export_package(trained: TrainedJob, out: Path) -> Path:
@@ -82,8 +83,8 @@ def export_package(trained: TrainedJob, out: Path) -> Path:
     if not hasattr(model, "save_pretrained"):
         raise ModelError(job.label(), "a segmentation-models-pytorch model", type(model).__name__)
     model.save_pretrained(str(out))
-    table, metrics = _metrics_card(trained.run, trained)
-    profile = json.loads((trained.run / "profile.json").read_text())
+    table, metrics = _metrics_card(trained), trained.result
+    profile = trained.run.read_profile_data()
     card = f"""---
 library_name: segmentation-models-pytorch
 tags: [semantic-segmentation, materials-science, matseg]
@@ -105,8 +106,8 @@ are {trained.data.in_channels}-channel images normalised as the dataset spec say
 |---|---|---|---|---|
 {table}
 
-Best validation IoU {metrics["best_val_iou"]:.3f} at epoch {metrics["best_epoch"]}; trained
-{metrics["epochs"]} epochs in {metrics["train_seconds"]:.0f} s ({metrics["stopped_by"]}).
+Best validation IoU {_f(metrics.best_val_iou)} at epoch {metrics.best_epoch}; trained
+{metrics.epochs} epochs in {metrics.train_seconds or 0:.0f} s ({metrics.stopped_by}).
 
 ## Protocol (the run's profile)
 ```json

@@ -28,8 +28,8 @@ from matseg.datasets.readers import input_files, match_channels, normalisation, 
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
-from matseg.execution.job import mask_png
-from matseg.execution.trained import TrainedJob, load_trained
+from matseg.rundir import RunDir, mask_png
+from matseg.trained import TrainedJob, load_trained
 from matseg.training import predict_probabilities, uses_channels_last
 
 Say = Callable[[str], None]
@@ -57,6 +57,21 @@ class Tiling:
     overlap: float = 0.25
     batch_size: int = 8
     precision: str = "32"
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How inputs are predicted: tile overlap, tiles per forward pass, precision (default: the
+    job's), the slicing of volumes (``axis``, or the three axes fused), whether probabilities are
+    written, and whether each input gets its typicality when the job has fitted QC."""
+
+    overlap: float = 0.25
+    batch_size: int = 8
+    precision: str | None = None
+    axis: int = 0
+    fuse_axes: bool = False
+    probabilities: bool = False
+    quality: bool = True
 
 
 @dataclass
@@ -278,12 +293,11 @@ def predict_image(
 def _quality(trained: TrainedJob, files: list[Path], slices: int = 16) -> list[dict[str, Any]]:
     """Typicality and flag per input image, and per slice (``slices`` evenly spaced) of each
     volume, when the job's quality control was fitted (``matseg qc fit``)."""
-    from matseg.qc.workflow import QC_FILE, load_fitted, load_job, score_arrays, score_new_images
+    from matseg.qc.workflow import QC_FILE, LoadedJob, load_fitted, score_arrays, score_new_images
 
-    folder = trained.run / "qc" / trained.job.hash
-    if not (folder / QC_FILE).is_file():
+    if not trained.run.qc_file(trained.job.hash, QC_FILE).is_file():
         return []
-    fitted = load_fitted(load_job(trained.run, trained.job.hash))
+    fitted = load_fitted(LoadedJob(trained, trained.run.qc_settings()))
     images = [f for f in files if not is_volume(f)]
     rows = score_new_images(fitted, images) if images else []
     spec = trained.data.inspection.spec
@@ -297,39 +311,36 @@ def _quality(trained: TrainedJob, files: list[Path], slices: int = 16) -> list[d
 
 
 def predict_inputs(
-    run: Path,
+    run: RunDir | Path,
     inputs: Sequence[Path],
     out: Path,
     job: str | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 8,
-    precision: str | None = None,
-    axis: int = 0,
-    fuse_axes: bool = False,
-    probabilities: bool = False,
-    quality: bool = True,
+    options: PredictOptions | None = None,
     say: Say | None = None,
 ) -> PredictSummary:
     """Predict every input with the run's job (default: best validation IoU); files into out."""
+    o = options or PredictOptions()
     say = say or (lambda _: None)
-    trained = load_trained(run, job)
+    trained = load_trained(run if isinstance(run, RunDir) else RunDir.existing(run), job)
     tiling = Tiling(
-        patch=trained.job.training.get("patch_size") or 256,
-        overlap=overlap,
-        batch_size=batch_size,
-        precision=precision or trained.job.training["precision"],
+        patch=trained.job.training.patch_size or 256,
+        overlap=o.overlap,
+        batch_size=o.batch_size,
+        precision=o.precision or trained.job.training.precision,
     )
     files = input_files(inputs, "an image, a TIFF stack or a folder of them")
     summary = PredictSummary(trained.job.hash, out)
     out.mkdir(parents=True, exist_ok=True)
     for path in files:
         if is_volume(path):
-            pred = predict_volume(trained, path, out, tiling, axis, fuse_axes, probabilities, say)
+            pred = predict_volume(
+                trained, path, out, tiling, o.axis, o.fuse_axes, o.probabilities, say
+            )
         else:
-            pred = predict_image(trained, path, out, tiling, probabilities)
+            pred = predict_image(trained, path, out, tiling, o.probabilities)
         say(f"{path.name}: {pred.kind} {pred.shape}, {pred.tiles} tiles, {pred.seconds:.1f} s")
         summary.predictions.append(pred)
-    if quality:
+    if o.quality:
         summary.quality = _quality(trained, files)
     write_bytes(out / "predictions.csv", _csv(summary, trained.data.classes))
     return summary

@@ -8,35 +8,53 @@ must be visible to every worker (one machine, or a shared filesystem on a cluste
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from matseg.atomic import write_bytes
 from matseg.errors import SpecError
 from matseg.plan import Job
 
+if TYPE_CHECKING:
+    from matseg.job import PreparedData
+
 Progress = Callable[[str, int, int], None]
-PID_FILE = "worker.pid"  # which process is training a job (for operators, and the kill test)
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared(spec_json: str, classes: tuple[str, ...] | None, cache_dir: str) -> PreparedData:
+    """A dataset inspected once per worker process, reused by every job it runs on it."""
+    from matseg.datasets.spec import spec_from_dict
+    from matseg.job import prepare_dataset
+
+    spec = spec_from_dict(json.loads(spec_json))
+    return prepare_dataset(spec, list(classes) if classes else None, Path(cache_dir))
 
 
 def run_job_in_worker(job_data: dict[str, Any], folder: str, threads: int | None) -> str:
     """Train and evaluate one job in this (worker) process; return its hash."""
     import torch
 
-    from matseg.execution.job import prepare_dataset, run_job
+    from matseg.job import run_job
+    from matseg.rundir import RunDir
 
     if threads:
         torch.set_num_threads(threads)
     job = Job.model_validate(job_data)
-    run = Path(folder)
-    job_dir = run / "jobs" / job.hash
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / PID_FILE).write_text(str(os.getpid()))
-    data = prepare_dataset(job, run / "cache" / job.dataset)
-    run_job(job, data, job_dir, progress_bar=False)
+    run = RunDir(Path(folder))
+    write_bytes(run.worker_pid_file(job.hash), str(os.getpid()).encode())
+    data = _prepared(
+        job.spec.model_dump_json(),
+        tuple(job.classes) if job.classes else None,
+        str(run.cache_dir(job.dataset)),
+    )
+    run_job(job, data, run, progress_bar=False)
     return job.hash
 
 
@@ -84,7 +102,7 @@ def run_on_ray(
 
         def submit(job: Job) -> Any:
             # a multi-device job (training.devices) asks for that many GPUs, or CPU shares
-            devices = int(job.training.get("devices", 1))
+            devices = job.training.devices
             return remote.options(
                 num_cpus=cpus_per_job * (1 if gpus else devices),
                 num_gpus=devices if gpus else 0, max_retries=retries, retry_exceptions=False,

@@ -8,7 +8,7 @@ it, the prediction: the paper's Figure 2d, plus the deletion curves) and ``expla
 
 from __future__ import annotations
 
-import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,31 @@ import torch
 from scipy import ndimage
 
 from matseg.atomic import write_bytes, write_json, write_npy
-from matseg.execution.trained import load_trained
 from matseg.explain.faithfulness import Faithfulness, faithfulness
 from matseg.explain.heatmap import Compile, Heatmap, Progress, Target, counterfactual_heatmap
 from matseg.explain.roi import read_image, region_of_interest
+from matseg.plots import png, subplots
+from matseg.rundir import RunDir
+from matseg.trained import TrainedJob, load_trained
 from matseg.training import predict_probabilities
+
+EXPLAIN_FILE = "explain.json"
+HEATMAP_FILE = "heatmap.npy"
+FIGURE_FILE = "explain.png"
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """How H is computed: the perturbation (``kernel``, ``window``, ``stride``), what is compared
+    inside A (``target``), the precision, the deletion-curve check, and compiling."""
+
+    kernel: str = "blur"
+    window: int = 16
+    stride: int = 8
+    target: Target = "probabilities"
+    precision: str = "32"
+    check_faithfulness: bool = True
+    compile: Compile = "auto"
 
 
 def concentration(heat: np.ndarray, roi: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
@@ -45,52 +65,52 @@ def concentration(heat: np.ndarray, roi: np.ndarray, prediction: np.ndarray) -> 
 
 
 def explain_image(
-    run: Path,
+    run: RunDir | Path,
     image_path: Path,
     roi: str | None = None,
     job: str | None = None,
-    kernel: str = "blur",
-    window: int = 16,
-    stride: int = 8,
-    target: Target = "probabilities",
-    precision: str = "32",
+    options: ExplainOptions | None = None,
     out: Path | None = None,
-    check_faithfulness: bool = True,
     progress: Progress | None = None,
-    compile: Compile = "auto",
+    trained: TrainedJob | None = None,
 ) -> dict[str, Any]:
-    """Heatmap (and its faithfulness) of one image for a run's job; files into ``out``."""
-    trained = load_trained(run, job)
+    """Heatmap (and its faithfulness) of one image for a run's job; files into ``out``
+    (default: the run's explain folder). ``trained``: the job already loaded (no re-reading)."""
+    o = options or ExplainOptions()
+    run = run if isinstance(run, RunDir) else RunDir.existing(run)
+    trained = trained if trained is not None else load_trained(run, job)
     spec = trained.data.inspection.spec
     target_image = read_image(spec, image_path)
     region = region_of_interest(roi, target_image, spec)
     image = target_image.image
     heat = counterfactual_heatmap(
-        trained.model, image, region, kernel, window, stride, target, precision,
-        progress=progress, compile=compile,
+        trained.model, image, region, o.kernel, o.window, o.stride, o.target, o.precision,
+        progress=progress, compile=o.compile,
     )  # fmt: skip
     with torch.no_grad():
         prob = predict_probabilities(trained.model, torch.from_numpy(image)[None], False)
     prediction = prob.argmax(1)[0].numpy()
     faith = (
-        faithfulness(trained.model, image, region, heat.image_map, kernel, window, target=target)
-        if check_faithfulness
+        faithfulness(
+            trained.model, image, region, heat.image_map, o.kernel, o.window, target=o.target
+        )
+        if o.check_faithfulness
         else None
     )
-    folder = out or run / "explain" / trained.job.hash / image_path.stem
-    write_npy(folder / "heatmap.npy", heat.image_map.astype(np.float32))
+    folder = out or run.explain_dir(trained.job.hash, image_path.stem)
+    write_npy(folder / HEATMAP_FILE, heat.image_map.astype(np.float32))
     write_npy(folder / "window_scores.npy", heat.window_scores)
-    write_bytes(folder / "explain.png", figure(image, region, heat, prediction, faith))
+    write_bytes(folder / FIGURE_FILE, figure(image, region, heat, prediction, faith))
     result = {
         "job": trained.job.hash,
         "job_label": trained.job.label(),
         "image": str(image_path),
         "roi": roi or "whole image",
-        "kernel": kernel,
-        "window": window,
-        "stride": stride,
-        "target": target,
-        "precision": precision,
+        "kernel": o.kernel,
+        "window": o.window,
+        "stride": o.stride,
+        "target": o.target,
+        "precision": o.precision,
         "windows": heat.evaluated + heat.skipped,
         "windows_run": heat.evaluated,
         "windows_skipped_out_of_reach": heat.skipped,
@@ -104,7 +124,7 @@ def explain_image(
         "faithfulness": faith.to_dict() if faith else None,
         "folder": str(folder),
     }
-    write_json(folder / "explain.json", result)
+    write_json(folder / EXPLAIN_FILE, result)
     return result
 
 
@@ -116,14 +136,9 @@ def figure(
     faith: Faithfulness | None,
 ) -> bytes:
     """Image with A's contour | H over the image | prediction | deletion curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     grey = image.mean(axis=0)
     panels = 4 if faith else 3
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4))
+    fig, axes = subplots(1, panels, figsize=(4 * panels, 4))
     axes[0].imshow(grey, cmap="gray")
     axes[0].set_title("image and region A", fontsize=9)
     axes[1].imshow(grey, cmap="gray")
@@ -145,8 +160,4 @@ def figure(
         axes[3].set_ylabel("change inside A (relative L1)")
         axes[3].set_title(f"deletion curves: AUC ratio {faith.auc_ratio:.1f}", fontsize=9)
         axes[3].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

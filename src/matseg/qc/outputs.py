@@ -10,22 +10,22 @@ predictions: prediction, ground truth, difference and overlay, with IoU and scor
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy.stats import spearmanr
 
 from matseg import metrics
 from matseg.atomic import write_bytes, write_json
-from matseg.execution.job import METRICS_FILE
+from matseg.plots import png, subplots
 from matseg.qc.detectors import make_detector
 from matseg.qc.evaluation import acceptance_threshold
 from matseg.qc.extractors import MaskMorphology
-from matseg.qc.workflow import LoadedJob, cut_patches, image_scores
+from matseg.qc.patches import cut_patches, image_scores
+from matseg.qc.workflow import LoadedJob
 
 OUTPUT_QC_FILE = "output_qc.json"
+OUTPUT_QC_FIGURE = "output_qc.png"
 
 
 def _masks(loaded: LoadedJob, split: str) -> list[tuple[str, np.ndarray]]:
@@ -40,20 +40,15 @@ def _masks(loaded: LoadedJob, split: str) -> list[tuple[str, np.ndarray]]:
 
 def _predictions(loaded: LoadedJob, split: str) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
     """(key, prediction, ground truth, image IoU) of every saved prediction of ``split``."""
-    job_dir = loaded.run / "jobs" / loaded.job.hash
-    result = json.loads((job_dir / METRICS_FILE).read_text())
-    evaluation = result["evaluations"].get(split)
+    evaluation = loaded.trained.result.evaluations.get(split)
     if evaluation is None:
         return []
     truths = dict(_masks(loaded, split))
     out = []
-    for info, cm in zip(evaluation["images"], evaluation["confusions"], strict=True):
-        key = info["key"]
-        pred = np.asarray(
-            Image.open(job_dir / "predictions" / split / f"{key.replace('/', '__')}.png")
-        )
+    for info, cm in zip(evaluation.images, evaluation.confusions, strict=True):
+        pred = loaded.run.read_prediction(loaded.job.hash, split, info.key)
         iou = float(np.nanmean(metrics.iou(np.asarray(cm))))
-        out.append((key, pred.astype(np.int64), truths[key][0].astype(np.int64), iou))
+        out.append((info.key, pred, truths[info.key][0].astype(np.int64), iou))
     return out
 
 
@@ -113,24 +108,16 @@ def output_qc(
         "masks (higher = more typical); threshold accepts "
         f"{s.accept:.0%} of validation ground-truth patches",
     }
-    loaded.folder.mkdir(parents=True, exist_ok=True)
-    write_json(loaded.folder / OUTPUT_QC_FILE, result)
+    write_json(loaded.file(OUTPUT_QC_FILE), result)
     if shown:
         shown.sort(key=lambda t: t[4])
-        write_bytes(loaded.folder / "output_qc.png", _figure(shown[:figure_rows], k))
+        write_bytes(loaded.file(OUTPUT_QC_FIGURE), _figure(shown[:figure_rows], k))
     return result
 
 
 def _figure(rows: list[tuple[str, np.ndarray, np.ndarray, float, float]], k: int) -> bytes:
     """Rows: prediction, ground truth, difference, overlay; titled with IoU and typicality."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
     for r, (name, pred, truth, iou, score) in enumerate(rows):
         valid = truth < k
         diff = np.where(valid, pred != truth, False)
@@ -157,11 +144,7 @@ def _figure(rows: list[tuple[str, np.ndarray, np.ndarray, float, float]], k: int
         axes[r, 0].set_title(
             f"prediction: {name}\nIoU {iou:.3f}, typicality {score:.2f}", fontsize=8, loc="left"
         )
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
 
 
 def least_typical(result: dict[str, Any], n: int = 5) -> list[dict[str, Any]]:

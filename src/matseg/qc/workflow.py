@@ -1,45 +1,48 @@
 """Quality control of a run: fit typicality on a job's data, score new images, evaluate shifts.
 
-Data flow: run folder -> the job's model and dataset -> patches -> embeddings (per extractor)
--> detectors fitted on the TRAIN split's patches -> a threshold fixed on the VALIDATION split
-(``accept`` of its patches accepted) -> scores, flags and, against each shift scenario, the
-OOD metrics with the TEST split as the in-distribution side -> a readiness verdict.
+A thin run-folder layer over :class:`~matseg.qc.quality.TypicalityQC`. Data flow: run folder ->
+the job's model and dataset -> patches -> embeddings (per extractor) -> detectors fitted on the
+TRAIN split's patches -> a threshold fixed on the VALIDATION split (``accept`` of its patches
+accepted) -> scores, flags and, against each shift scenario, the OOD metrics with the TEST split
+as the in-distribution side -> a readiness verdict.
 
-Everything lands in ``<run>/qc/<job>/``: ``embeddings.npz`` (the fitted state: detectors are
-refitted from it, deterministically, instead of pickling estimators), ``qc.json`` (settings,
-threshold, scenario reports, verdict) and ``scores.csv`` (per image).
+Everything lands in the job's qc folder of the run (:meth:`RunDir.qc_file`): ``embeddings.npz``
+(the fitted state: detectors are refitted from it, deterministically, instead of pickling
+estimators), ``qc.json`` (settings, threshold, scenario reports, verdict) and ``scores.csv``.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from matseg.atomic import write_bytes, write_json
+from matseg.atomic import write_bytes, write_csv, write_json
 from matseg.datasets.discover import expand_file
 from matseg.datasets.loading import ItemLoader, resize_pair
-from matseg.datasets.readers import input_files, match_channels, normalise
+from matseg.datasets.readers import input_files, normalise
 from matseg.datasets.spec import DatasetSpec, load_spec
-from matseg.datasets.tiling import Window, cut, tile_windows
-from matseg.errors import DataError, SpecError, read_json
-from matseg.execution.job import PreparedData
-from matseg.execution.trained import load_trained
+from matseg.errors import DataError, SpecError
+from matseg.job import PreparedData
 from matseg.plan import Job
 from matseg.profile import QualityControl
-from matseg.qc.detectors import Embeddings, make_detector
-from matseg.qc.evaluation import OODReport, acceptance_threshold, evaluate_scores
-from matseg.qc.extractors import ExtractorContext, make_extractor
+from matseg.qc.evaluation import OODReport, evaluate_scores
+from matseg.qc.patches import Patches, image_scores
+from matseg.qc.quality import NEW, TEST, TRAIN, VAL, Scored, TypicalityQC
 from matseg.qc.shifts import SHIFTS, STRENGTHS, apply_shift
+from matseg.rundir import RunDir
+from matseg.trained import TrainedJob, load_trained
 
 Progress = Callable[[str], None]
 QC_FILE = "qc.json"
 EMBEDDINGS_FILE = "embeddings.npz"
+SCORES_FILE = "scores.csv"
+NEW_SCORES_FILE = "new_scores.csv"
+SYNTHETIC = 1000  # seed offset (beyond NEW) of the synthetic shifts' patches
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -47,64 +50,52 @@ EMBEDDINGS_FILE = "embeddings.npz"
 
 @dataclass
 class LoadedJob:
-    """A finished job of a run: its plan entry, trained model and dataset."""
+    """A finished job of a run (its model and dataset) and the quality-control settings."""
 
-    run: Path
-    job: Job
-    model: Any
-    data: PreparedData
+    trained: TrainedJob
     settings: QualityControl
 
     @property
+    def run(self) -> RunDir:
+        return self.trained.run
+
+    @property
+    def job(self) -> Job:
+        return self.trained.job
+
+    @property
+    def model(self) -> Any:
+        return self.trained.model
+
+    @property
+    def data(self) -> PreparedData:
+        return self.trained.data
+
+    @property
     def folder(self) -> Path:
-        return self.run / "qc" / self.job.hash
+        return self.run.qc_dir(self.job.hash)
 
+    def file(self, name: str) -> Path:
+        return self.run.qc_file(self.job.hash, name)
 
-def run_settings(run: Path) -> QualityControl:
-    """The ``qc`` block of the run's profile (defaults when the profile has none)."""
-    data = read_json(run / "profile.json", "the run's profile.json", SpecError)
-    return QualityControl.model_validate(data.get("qc", {}))
+    def estimator(self) -> TypicalityQC:
+        """A fresh (unfitted) estimator of these settings on this job's model."""
+        return TypicalityQC.from_settings(self.settings, self.model)
 
 
 def load_job(
-    run: Path, job: str | None = None, settings: QualityControl | None = None
+    run: RunDir | Path,
+    job: str | None = None,
+    settings: QualityControl | None = None,
+    data: PreparedData | None = None,
 ) -> LoadedJob:
     """The trained model (weights from the job's safetensors) and its dataset, ready to embed."""
-    trained = load_trained(run, job)
-    return LoadedJob(run, trained.job, trained.model, trained.data, settings or run_settings(run))
+    run = run if isinstance(run, RunDir) else RunDir.existing(run)
+    trained = load_trained(run, job, data)
+    return LoadedJob(trained, settings or run.qc_settings())
 
 
-# --- patches ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Patches:
-    """Patches (N, C, s, s) of whole images, each knowing its image and window."""
-
-    arrays: np.ndarray
-    owners: list[str]  # image key per patch
-    windows: list[Window]  # where each patch lies in its image
-
-
-def cut_patches(
-    images: Iterable[tuple[str, np.ndarray]], size: int, max_per_image: int, seed: int
-) -> Patches:
-    """Non-overlapping tiles of each (key, (C, H, W)) image, the last row / column flush (the
-    dataset layer's tiling; smaller images padded); at most ``max_per_image``, chosen seeded."""
-    arrays, owners, windows = [], [], []
-    rng = np.random.default_rng(seed)
-    for key, image in images:
-        grid = tile_windows(int(image.shape[-2]), int(image.shape[-1]), size)
-        if len(grid) > max_per_image:
-            grid = [grid[i] for i in sorted(rng.choice(len(grid), max_per_image, replace=False))]
-        for window in grid:
-            patch, _ = cut(np.asarray(image), None, window, 0)
-            arrays.append(patch.astype(np.float32, copy=False))
-            owners.append(key)
-            windows.append(window)
-    if not arrays:
-        raise DataError("quality control", "at least one image", "none")
-    return Patches(np.stack(arrays), owners, windows)
+# --- images -------------------------------------------------------------------------------------
 
 
 def split_images(data: PreparedData, split: str) -> list[tuple[str, np.ndarray]]:
@@ -151,100 +142,65 @@ def scenario_images(
     return path.name, read_images(fallback, [path])
 
 
-# --- embeddings and detectors ------------------------------------------------------------------
-
-
-def embed(loaded: LoadedJob, patches: Patches) -> Embeddings:
-    """Every configured extractor's embedding of the patches (rows aligned)."""
-    ctx = ExtractorContext(model=loaded.model, weights=dict(loaded.settings.weights))
-    return {
-        name: make_extractor(name, ctx).embed(patches.arrays) for name in loaded.settings.extractors
-    }
-
-
-def detector_names(settings: QualityControl) -> list[str]:
-    return list(dict.fromkeys([settings.detector, *settings.compare]))
-
-
-def fit_detectors(settings: QualityControl, train: Embeddings) -> dict[str, Any]:
-    """Every detector of the settings, fitted on the training patches' embeddings."""
-    return {
-        name: make_detector(name, seed=settings.seed, k=settings.k).fit(train)
-        for name in detector_names(settings)
-    }
-
-
-def image_scores(patches: Patches, scores: np.ndarray) -> dict[str, float]:
-    """Median patch score per image: an image is as typical as its typical half."""
-    by_image: dict[str, list[float]] = {}
-    for owner, s in zip(patches.owners, scores, strict=True):
-        by_image.setdefault(owner, []).append(float(s))
-    return {key: float(np.median(v)) for key, v in by_image.items()}
-
-
 # --- fit --------------------------------------------------------------------------------------
 
 
 @dataclass
 class FittedQC:
-    """A job's quality control, fitted: detectors, thresholds and the ID embeddings used."""
+    """A job's quality control, fitted: the estimator and the ID test patches' scores."""
 
     loaded: LoadedJob
-    detectors: dict[str, Any]
-    thresholds: dict[str, float]
+    qc: TypicalityQC
     id_test: dict[str, np.ndarray] = field(default_factory=dict)  # detector -> test patch scores
     id_test_patches: Patches | None = None
 
+    @property
+    def detectors(self) -> dict[str, Any]:
+        return self.qc.detectors_
 
-def _id_sets(loaded: LoadedJob) -> dict[str, Patches]:
-    s = loaded.settings
-    splits = loaded.data.inspection.split.splits
-    out = {}
-    for n, split in enumerate(["train", "val", "test"]):
-        if not splits.get(split):
-            raise DataError(f"dataset {loaded.job.dataset}", f"a non-empty {split} split", "none")
-        out[split] = cut_patches(
-            split_images(loaded.data, split), s.patch_size, s.max_patches_per_image, s.seed + n
-        )
-    return out
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.qc.thresholds_
 
 
 def fit_qc(loaded: LoadedJob, progress: Progress | None = None) -> FittedQC:
     """Fit on train patches, fix thresholds on val patches, score test patches; save the state."""
     say = progress or (lambda _: None)
     s = loaded.settings
+    qc = loaded.estimator()
+    splits = loaded.data.inspection.split.splits
     say("cutting patches of train / val / test")
-    sets = _id_sets(loaded)
+    sets = {}
+    for split, offset in (("train", TRAIN), ("val", VAL), ("test", TEST)):
+        if not splits.get(split):
+            raise DataError(f"dataset {loaded.job.dataset}", f"a non-empty {split} split", "none")
+        sets[split] = qc.patches(split_images(loaded.data, split), offset)
     say(
         f"embedding {sum(len(p.owners) for p in sets.values())} patches ({', '.join(s.extractors)})"
     )
-    emb = {split: embed(loaded, p) for split, p in sets.items()}
-    say(f"fitting {', '.join(detector_names(s))}")
-    detectors = fit_detectors(s, emb["train"])
-    thresholds, id_test = {}, {}
-    for name, det in detectors.items():
-        thresholds[name] = acceptance_threshold(det.score_samples(emb["val"]), s.accept)
-        id_test[name] = det.score_samples(emb["test"])
+    emb = {split: qc.embed(p) for split, p in sets.items()}
+    say(f"fitting {', '.join(qc.detector_names)}")
+    qc.fit_embeddings(emb["train"], emb["val"], loaded.data.in_channels)
+    id_test = {name: det.score_samples(emb["test"]) for name, det in qc.detectors_.items()}
     arrays = {f"{split}/{ext}": x for split, e in emb.items() for ext, x in e.items()}
     arrays.update({f"{split}/owners": np.array(p.owners) for split, p in sets.items()})
-    loaded.folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    write_bytes(loaded.folder / EMBEDDINGS_FILE, buf.getvalue())
-    return FittedQC(loaded, detectors, thresholds, id_test, sets["test"])
+    write_bytes(loaded.file(EMBEDDINGS_FILE), buf.getvalue())
+    return FittedQC(loaded, qc, id_test, sets["test"])
 
 
 def load_fitted(loaded: LoadedJob) -> FittedQC:
     """Refit from the saved embeddings (deterministic; no pickled estimators)."""
-    path = loaded.folder / EMBEDDINGS_FILE
+    path = loaded.file(EMBEDDINGS_FILE)
     if not path.exists():
         raise SpecError(
-            str(path), "fitted quality control", "none", f"matseg qc fit --run {loaded.run}"
+            str(path), "fitted quality control", "none", f"matseg qc fit --run {loaded.run.root}"
         )
     saved = np.load(path)
     s = loaded.settings
 
-    def get(split: str) -> Embeddings:
+    def get(split: str) -> dict[str, np.ndarray]:
         missing = [e for e in s.extractors if f"{split}/{e}" not in saved]
         if missing:
             raise SpecError(
@@ -255,34 +211,19 @@ def load_fitted(loaded: LoadedJob) -> FittedQC:
             )
         return {e: saved[f"{split}/{e}"] for e in s.extractors}
 
-    detectors = fit_detectors(s, get("train"))
-    thresholds = {
-        n: acceptance_threshold(d.score_samples(get("val")), s.accept) for n, d in detectors.items()
-    }
-    id_test = {n: d.score_samples(get("test")) for n, d in detectors.items()}
+    qc = loaded.estimator().fit_embeddings(get("train"), get("val"), loaded.data.in_channels)
+    id_test = {n: d.score_samples(get("test")) for n, d in qc.detectors_.items()}
     owners = [str(o) for o in saved["test/owners"]]
     test = Patches(np.zeros((len(owners), 0, 0, 0), np.float32), owners, [])
-    return FittedQC(loaded, detectors, thresholds, id_test, test)
+    return FittedQC(loaded, qc, id_test, test)
 
 
 # --- scoring and evaluation --------------------------------------------------------------------
 
 
-@dataclass
-class Scored:
-    """Scores of a set of patches by every detector, with the images they belong to."""
-
-    patches: Patches
-    scores: dict[str, np.ndarray]
-
-
 def score(fitted: FittedQC, images: list[tuple[str, np.ndarray]], seed: int = 0) -> Scored:
-    s = fitted.loaded.settings
-    channels = fitted.loaded.data.in_channels
-    images = [(key, match_channels(image, channels, "quality control")) for key, image in images]
-    patches = cut_patches(images, s.patch_size, s.max_patches_per_image, s.seed + 100 + seed)
-    emb = embed(fitted.loaded, patches)
-    return Scored(patches, {n: d.score_samples(emb) for n, d in fitted.detectors.items()})
+    """Every detector's scores of the images' patches (drawn together, seed ``NEW + seed``)."""
+    return fitted.qc.score_patches(images, NEW + seed)
 
 
 def scenario_report(fitted: FittedQC, scored: Scored) -> dict[str, Any]:
@@ -298,38 +239,6 @@ def scenario_report(fitted: FittedQC, scored: Scored) -> dict[str, Any]:
         row["ood_images_flagged"] = float((ood_img < fitted.thresholds[name]).mean())
         out[name] = row
     return out
-
-
-def _per_image_rows(fitted: FittedQC, scenario: str, scored: Scored) -> list[dict[str, Any]]:
-    name = fitted.loaded.settings.detector
-    threshold = fitted.thresholds[name]
-    rows = []
-    flags_by_image: dict[str, list[bool]] = {}
-    for owner, s in zip(scored.patches.owners, scored.scores[name], strict=True):
-        flags_by_image.setdefault(owner, []).append(bool(s < threshold))
-    for key, value in image_scores(scored.patches, scored.scores[name]).items():
-        rows.append(
-            {
-                "scenario": scenario,
-                "image": key,
-                "score": round(value, 6),
-                "flagged": value < threshold,
-                "patches": len(flags_by_image[key]),
-                "patches_flagged": sum(flags_by_image[key]),
-                "detector": name,
-                "threshold": round(threshold, 6),
-            }
-        )
-    return rows
-
-
-def _csv(rows: list[dict[str, Any]]) -> bytes:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue().encode()
 
 
 def verdict(settings: QualityControl, scenarios: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -381,7 +290,7 @@ def evaluate_qc(
         say(f"scenario {name}: {len(images)} images")
         scored = score(fitted, images, seed=n)
         scenarios[name] = scenario_report(fitted, scored)
-        rows.extend(_per_image_rows(fitted, name, scored))
+        rows.extend(fitted.qc.image_rows(scored, name))
     synthetic_reports: dict[str, dict[str, Any]] = {}
     if s.synthetic_shifts if synthetic is None else synthetic:
         test_images = split_images(loaded.data, "test")
@@ -392,7 +301,7 @@ def evaluate_qc(
                     (f"{key}~{shift}{strength}", apply_shift(img, shift, strength, seed=i))
                     for i, (key, img) in enumerate(test_images)
                 ]
-                scored = score(fitted, shifted, seed=1000)
+                scored = score(fitted, shifted, seed=SYNTHETIC)
                 synthetic_reports[f"{shift}@{strength}"] = scenario_report(fitted, scored)
     id_flagged = (
         {
@@ -422,22 +331,19 @@ def evaluate_qc(
         "synthetic": synthetic_reports,
         "verdict": verdict(s, scenarios),
     }
-    test_rows = _per_image_rows(fitted, "id:test", Scored(fitted.id_test_patches, fitted.id_test))
-    write_bytes(loaded.folder / "scores.csv", _csv(test_rows + rows))
-    write_json(loaded.folder / QC_FILE, result)
+    test_rows = fitted.qc.image_rows(Scored(fitted.id_test_patches, fitted.id_test), "id:test")
+    write_csv(loaded.file(SCORES_FILE), test_rows + rows)
+    write_json(loaded.file(QC_FILE), result)
     return result
 
 
 def score_arrays(fitted: FittedQC, images: list[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
     """Per-image typicality and flags of prepared (C, H, W) images, each scored on its own."""
-    rows = []
-    for key, image in images:
-        rows.extend(_per_image_rows(fitted, "new", score(fitted, [(key, image)])))
-    return rows
+    return fitted.qc.verdicts(images, "new")
 
 
 def score_new_images(fitted: FittedQC, paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Per-image typicality and flags of new image files (streaming: each scored on its own)."""
     rows = score_arrays(fitted, read_images(fitted.loaded.data.inspection.spec, paths))
-    write_bytes(fitted.loaded.folder / "new_scores.csv", _csv(rows))
+    write_csv(fitted.loaded.file(NEW_SCORES_FILE), rows)
     return rows

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from matseg.atomic import write_bytes
-from matseg.record import RECORD_FILE, EvaluationRecord, read_record
+from matseg.record import EvaluationRecord, read_record
 from matseg.report import figures
 from matseg.report.recommend import Recommendation, recommend
 from matseg.report.tables import (
@@ -27,6 +27,7 @@ from matseg.report.tables import (
     to_csv,
     to_markdown,
 )
+from matseg.rundir import RunDir
 
 
 @dataclass
@@ -163,17 +164,19 @@ def render_markdown(record: EvaluationRecord, rec: Recommendation) -> str:
     return "\n".join(parts)
 
 
-def build_report(run: Path, out: Path | None = None) -> ReportFiles:
-    """(Re)build the report of a run from its ``record.json`` alone."""
-    run = Path(run)
-    record = read_record(run / RECORD_FILE if run.is_dir() else run)
-    run = run if run.is_dir() else run.parent
-    out = out or run
+def build_report(run: RunDir | Path, out: Path | None = None) -> ReportFiles:
+    """(Re)build the report of a run from its ``record.json`` alone (``run`` may also be a
+    record file, whose folder then holds the figures it names); files into ``out``, a folder
+    laid out like a run folder (default: the run itself)."""
+    path = run.root if isinstance(run, RunDir) else Path(run)
+    folder = RunDir(path if path.is_dir() else path.parent)
+    record = read_record(path)
+    target = RunDir(out) if out is not None else folder
     rec = recommend(record)
-    html = write_bytes(out / "report.html", render_html(record, run, rec).encode("utf-8"))
-    md = write_bytes(out / "report.md", render_markdown(record, rec).encode("utf-8"))
+    html = write_bytes(target.report_file, render_html(record, folder.root, rec).encode("utf-8"))
+    md = write_bytes(target.report_markdown, render_markdown(record, rec).encode("utf-8"))
     csvs = [
-        write_bytes(out / "tables" / f"{name}.csv", to_csv(table).encode("utf-8"))
+        write_bytes(target.table_file(name), to_csv(table).encode("utf-8"))
         for name, table in (
             ("table3_grid", grid_table(record)),
             ("table2_best", best_table(record)),

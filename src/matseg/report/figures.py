@@ -2,47 +2,25 @@
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
 
+from matseg.plots import class_colours, png, subplots
 from matseg.record import EvaluationRecord
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot on the file-only Agg backend (no display here)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png(fig: Any, dpi: int = 80) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
-    plt = pyplot()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def iou_by_combination(record: EvaluationRecord, split: str = "test") -> bytes | None:
     """Per dataset: test macro IoU of each encoder + decoder with its bootstrap 95% interval."""
-    plt = pyplot()
     datasets = [d.name for d in record.datasets]
     if not datasets:
         return None
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, name in zip(axes[0], datasets, strict=True):
         jobs = [j for j in record.jobs if j.dataset == name and split in j.evaluations]
         labels, values, lows, highs, colours = [], [], [], [], []
         decoders = sorted({j.decoder for j in jobs})
-        palette = dict(zip(decoders, plt.cm.tab10.colors, strict=False))
+        palette = dict(zip(decoders, class_colours(10), strict=False))
         for j in jobs:
             ev = j.evaluations[split]
             if ev.macro_iou is None:
@@ -70,11 +48,10 @@ def iou_by_combination(record: EvaluationRecord, split: str = "test") -> bytes |
 
 def training_curves(record: EvaluationRecord) -> bytes | None:
     """Validation IoU and training loss per epoch of every job, one panel per dataset."""
-    plt = pyplot()
     datasets = [d.name for d in record.datasets]
     if not any(j.curves for j in record.jobs):
         return None
-    fig, axes = plt.subplots(2, len(datasets), figsize=(4.5 * len(datasets), 5), squeeze=False)
+    fig, axes = subplots(2, len(datasets), figsize=(4.5 * len(datasets), 5), squeeze=False)
     for col, name in enumerate(datasets):
         for j in (j for j in record.jobs if j.dataset == name and j.curves):
             epochs = [p.epoch for p in j.curves]
@@ -91,7 +68,6 @@ def training_curves(record: EvaluationRecord) -> bytes | None:
 
 def spread_across_contexts(record: EvaluationRecord, split: str = "test") -> bytes | None:
     """Best test IoU per dataset, and each decoder's best per dataset: the context effect."""
-    plt = pyplot()
     best: dict[str, dict[str, float]] = defaultdict(dict)
     for j in record.jobs:
         ev = j.evaluations.get(split)
@@ -102,7 +78,7 @@ def spread_across_contexts(record: EvaluationRecord, split: str = "test") -> byt
         return None
     names = list(best)
     decoders = sorted({d for v in best.values() for d in v})
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 2), 3.4))
+    fig, ax = subplots(figsize=(max(4.0, 1.6 * len(names) + 2), 3.4))
     width = 0.8 / max(len(decoders), 1)
     for n, dec in enumerate(decoders):
         ax.bar(

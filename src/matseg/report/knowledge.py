@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from matseg.errors import SpecError
-from matseg.record import RECORD_FILE, EvaluationRecord, read_record
+from matseg.record import EvaluationRecord, read_record
+from matseg.rundir import RunDir
 
 DIFFICULTY = {"Easy": 0, "Moderate": 1, "Hard": 2, "Very Hard": 3}
 # Similarity weights: the paper's finding is that modality (imaging physics) matters most.
@@ -145,7 +146,7 @@ def load_knowledge(runs: list[Path]) -> list[KnowledgeContext]:
     contexts = shipped_contexts()
     for run in runs:
         path = Path(run)
-        if path.is_dir() and not (path / RECORD_FILE).is_file():
+        if path.is_dir() and not RunDir(path).record_file.is_file():
             raise SpecError(str(path), "a run folder with record.json", "none",
                             "run `matseg report RUN` first")  # fmt: skip
         contexts += contexts_from_record(read_record(path))

@@ -1,0 +1,273 @@
+"""One job, start to finish: data, model, training, ONE test evaluation, files in its folder.
+
+The dataset is inspected once per run (:func:`prepare_dataset`, once per worker process at
+most) and shared by the jobs on it. A job writes, through the run folder, its weights, curves,
+predicted masks, a figure of sample predictions (drawn while the predictions are in memory) and,
+last, ``metrics.json`` (:class:`~matseg.results.JobResult`), whose presence means it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from matseg import __version__, metrics
+from matseg.atomic import write_bytes
+from matseg.datasets.check import Inspection
+from matseg.datasets.dataset import MicrographDataset
+from matseg.datasets.fingerprint import fingerprint
+from matseg.datasets.load import usable_inspection
+from matseg.datasets.spec import DatasetSpec
+from matseg.errors import DataError
+from matseg.models import build_model, save_weights
+from matseg.plan import Job
+from matseg.plots import sample_predictions_png
+from matseg.results import ImageRef, JobProvenance, JobResult, Scores, SplitResult, WeightsLoaded
+from matseg.rundir import DatasetFacts, RunDir
+from matseg.training import FitResult, fit, predict, process_rank, uses_channels_last
+
+log = logging.getLogger(__name__)
+
+SAMPLE_IMAGES = 3  # test images in a job's sample-predictions figure
+
+
+@dataclass
+class PreparedData:
+    """A dataset inspected once per run and shared by its jobs and later stages."""
+
+    inspection: Inspection
+    classes: list[str]
+    in_channels: int
+    train_frequencies: np.ndarray
+    dataset: MicrographDataset  # every split, built once per run and shared by the jobs
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.inspection.spec
+
+    def facts(self) -> DatasetFacts:
+        """What ``fingerprint.json`` keeps of this dataset for the record."""
+        ins = self.inspection
+        leaks = [
+            f"{'identical' if leak.exact else 'near-duplicate'} images across splits: "
+            f"{leak.a} ({leak.split_a}) and {leak.b} ({leak.split_b}), pHash distance "
+            f"{leak.distance}"
+            for leak in ins.leaks
+        ]
+        return DatasetFacts(
+            name=ins.spec.name,
+            classes=self.classes,
+            in_channels=self.in_channels,
+            train_class_frequencies=self.train_frequencies.tolist(),
+            splits={name: len(items) for name, items in ins.split.splits.items()},
+            fingerprint=_finite(fingerprint(ins)),
+            leakage_warnings=leaks,
+        )
+
+
+def _finite(value: object) -> object:
+    """NaN and infinities as None (JSON has neither)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def prepare_dataset(
+    spec: DatasetSpec, classes: list[str] | None = None, cache_dir: Path | None = None
+) -> PreparedData:
+    """Inspect a dataset (the one read of every item); refuse one that is not usable."""
+    ins, rep = usable_inspection(spec, cache_dir)
+    name = f"dataset {spec.name}"
+    classes = classes or rep.classes
+    channels = {int(c) for c in rep.channels}
+    if len(channels) != 1:
+        raise DataError(name, "one channel count for all images", f"{sorted(channels)}")
+    train_keys = [i.key for i in ins.split.splits.get("train", [])]
+    if not train_keys or not ins.split.splits.get("val"):
+        raise DataError(name, "non-empty train and val splits", f"{rep.splits}")
+    counts = np.zeros(len(classes))
+    for key in train_keys:
+        for cls, n in (ins.stats[key].class_counts or {}).items():
+            if 0 <= cls < len(classes):
+                counts[cls] += n
+    frequencies = counts / max(counts.sum(), 1)
+    return PreparedData(ins, classes, channels.pop(), frequencies, ins.dataset(cache_dir))
+
+
+def prepare_for_job(job: Job, run: RunDir) -> PreparedData:
+    """The job's dataset, inspected with the run's decode cache."""
+    return prepare_dataset(job.spec, job.classes, run.cache_dir(job.dataset))
+
+
+def _latency_ms(model: torch.nn.Module, in_channels: int, size: int = 256) -> float:
+    """Median forward time of one size x size image on this CPU (fp32), for the cost of a model."""
+    x = torch.randn(1, in_channels, size, size)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    data: PreparedData,
+    split: str,
+    job: Job,
+    run: RunDir,
+    channels_last: bool,
+) -> SplitResult:
+    """Predict a split once, write the masks, and score them (with baselines on the same images).
+
+    On the test split a figure of the first few predictions is drawn while they are in memory.
+    """
+    dataset = data.dataset.split(split)
+    spec = data.spec
+    k = len(data.classes)
+    results = predict(model, dataset, job.training.precision, channels_last, job.training.tta)
+    confusions = np.zeros((len(results), k, k), dtype=np.int64)
+    counts = np.zeros((len(results), k), dtype=np.int64)
+    images = []
+    samples = []
+    for n, (sample, pred) in enumerate(results):
+        assert sample.mask is not None
+        confusions[n] = metrics.confusion_matrix(pred, sample.mask, k, spec.ignore_index)
+        counts[n] = confusions[n].sum(axis=1)
+        run.write_prediction(job.hash, split, sample.meta.key, pred)
+        images.append(ImageRef(key=sample.meta.key, source=sample.meta.source))
+        if split == "test" and len(samples) < SAMPLE_IMAGES:
+            samples.append((sample.meta.key, sample.image, sample.mask, pred))
+    if samples:
+        write_bytes(run.sample_figure(job.hash), sample_predictions_png(samples, spec.ignore_index))
+    scores = metrics.score_images(confusions, data.classes, data.train_frequencies, seed=job.seed)
+    base = metrics.baselines(counts, data.train_frequencies, data.classes)
+    return SplitResult(
+        n_images=len(results),
+        images=images,
+        scores=Scores.model_validate(scores.to_dict()),
+        baselines={name: Scores.model_validate(s.to_dict()) for name, s in base.items()},
+        confusions=confusions.tolist(),
+    )
+
+
+class _JobLog:
+    """Route matseg and Lightning log records to the job's log.txt while it runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handler: logging.Handler | None = None
+
+    def __enter__(self) -> logging.Logger:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, mode="w", encoding="utf-8")
+        self.handler.setFormatter(
+            logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+        )
+        for name in ("matseg", "lightning", "lightning.pytorch"):
+            logging.getLogger(name).addHandler(self.handler)
+        logger = logging.getLogger("matseg")
+        logger.setLevel(logging.INFO)
+        return logger
+
+    def __exit__(self, *exc: object) -> None:
+        for name in ("matseg", "lightning", "lightning.pytorch"):
+            logging.getLogger(name).removeHandler(self.handler)  # type: ignore[arg-type]
+        if self.handler is not None:
+            self.handler.close()
+
+
+def _train(
+    job: Job, data: PreparedData, folder: Path, progress_bar: bool
+) -> tuple[FitResult, WeightsLoaded]:
+    """The job's model, seeded and built, trained on its train split; and its weights' source."""
+    torch.manual_seed(job.seed)  # random initialisation is part of the seeded protocol
+    model, weights = build_model(
+        job.encoder, job.decoder, data.in_channels, len(data.classes), job.weights, job.weights_url
+    )
+    log.info("weights: %s", weights)
+    train, val = data.dataset.split("train"), data.dataset.split("val")
+    fitted = fit(
+        model,
+        train,
+        val,
+        len(data.classes),
+        job.training,
+        job.seed,
+        data.spec.ignore_index,
+        folder,
+        progress_bar,
+    )
+    return fitted, WeightsLoaded.model_validate(vars(weights))
+
+
+def run_job(
+    job: Job, data: PreparedData, run: RunDir, progress_bar: bool = True
+) -> JobResult | None:
+    """Train and evaluate one job into its folder of ``run``; return what metrics.json holds.
+
+    In a multi-device job started by a cluster launcher, every process calls this; the
+    processes other than rank 0 train in step with it and write nothing (they return None).
+    """
+    folder = run.job_dir(job.hash)
+    if process_rank() != 0:
+        _train(job, data, folder, progress_bar=False)
+        return None
+    with _JobLog(run.job_log(job.hash)) as logger:
+        logger.info("job %s: %s", job.hash, job.label())
+        fitted, weights = _train(job, data, folder, progress_bar)
+        logger.info(
+            "trained %d epochs in %.1f s (%s); best val IoU %.4f at epoch %d",
+            fitted.epochs_run,
+            fitted.seconds,
+            fitted.stopped_by,
+            fitted.best_val_iou,
+            fitted.best_epoch,
+        )
+        save_weights(fitted.model, run.weights_file(job.hash))
+        run.write_curves(job.hash, fitted.history)
+        channels_last = uses_channels_last(job.training)
+        splits = data.inspection.split.splits
+        evaluations = {
+            split: evaluate_split(fitted.model, data, split, job, run, channels_last)
+            for split in splits
+            if split not in ("train", "val") and splits[split]
+        }
+        result = JobResult(
+            job=job,
+            classes=data.classes,
+            in_channels=data.in_channels,
+            weights=weights,
+            parameters=sum(p.numel() for p in fitted.model.parameters()),
+            latency_ms_256=_latency_ms(fitted.model, data.in_channels),
+            epochs=fitted.epochs_run,
+            best_epoch=fitted.best_epoch,
+            best_val_iou=fitted.best_val_iou,
+            stopped_by=fitted.stopped_by,
+            train_seconds=fitted.seconds,
+            train_class_frequencies=data.train_frequencies.tolist(),
+            evaluations=evaluations,
+            provenance=JobProvenance(
+                matseg=__version__,
+                torch=torch.__version__,
+                python=platform.python_version(),
+                machine=platform.machine(),
+                processor=platform.processor(),
+                threads=torch.get_num_threads(),
+            ),
+        )
+        logger.info("test: %s", {s: e.scores.macro_iou for s, e in evaluations.items()})
+    run.write_result(result)
+    return result

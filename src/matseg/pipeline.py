@@ -1,0 +1,159 @@
+"""A whole run: plan, inspect, execute, results, select, QC, explain, record, report.
+
+``run(profile, out)`` is what ``matseg run`` and ``matseg demo`` call, and what a notebook calls.
+Each dataset is inspected once, at the start (its fingerprint written before any training, as
+nnU-Net writes its fingerprint before planning), and the prepared data is handed to the
+executor, quality control and explanations, so no stage reads the data again. A finished job
+(its metrics.json reads back) is never redone; a run killed at any moment resumes with
+``resume=True`` and loses nothing that had finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from matseg.api import Run
+from matseg.errors import SpecError
+from matseg.execution.local import run_sequentially
+from matseg.job import PreparedData, prepare_dataset, run_job
+from matseg.plan import Job, Plan, compile_plan
+from matseg.profile import Profile, resolve_datasets
+from matseg.results import best_rows, results_rows
+from matseg.rundir import RunDir
+from matseg.training import process_rank
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+Say = Callable[[str], None]
+
+
+def _follow_rank_zero(plan: Plan, run: RunDir) -> list[str]:
+    """A non-zero rank of a cluster-launched multi-device run: train each pending job in step
+    with rank 0 (which decides, evaluates and writes everything) and write nothing."""
+    prepared: dict[str, PreparedData] = {}
+    trained = []
+    for job in plan.jobs:
+        if run.finished(job.hash):
+            continue
+        if job.dataset not in prepared:
+            prepared[job.dataset] = prepare_dataset(job.spec, job.classes, None)
+        run_job(job, prepared[job.dataset], run, progress_bar=False)
+        trained.append(job.hash)
+    return trained
+
+
+def _explain_best(
+    run: RunDir, profile: Profile, best: dict[str, str], prepared: dict[str, PreparedData],
+    say: Say,
+) -> None:  # fmt: skip
+    """The profile's ``explain`` block: H of the first test images of each dataset's best job
+    (an explanation already on disk is kept)."""
+    from matseg.explain.run import EXPLAIN_FILE, ExplainOptions, explain_image
+    from matseg.trained import load_trained
+
+    settings = profile.explain
+    options = ExplainOptions(
+        kernel=settings.kernel, window=settings.window, stride=settings.stride,
+        precision=settings.precision,
+    )  # fmt: skip
+    for job, dataset in best.items():
+        trained = load_trained(run, job, prepared[dataset])
+        test = trained.result.evaluations.get("test")
+        sources = list(dict.fromkeys(i.source for i in test.images)) if test else []
+        for source in sources[: settings.images]:
+            image = Path(source)
+            if (run.explain_dir(job, image.stem) / EXPLAIN_FILE).is_file():
+                continue
+            say(f"explaining {image.name} with {trained.job.label()}")
+            explain_image(run, image, settings.roi, job, options, trained=trained)
+
+
+def run(
+    profile: Profile,
+    out: Path | str = "runs",
+    resume: bool = False,
+    progress: Progress | None = None,
+    progress_bar: bool = True,
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_job: int = 1,
+    say: Say | None = None,
+) -> Run:
+    """Run every job of the profile's plan, then select, quality-control, explain, record and
+    report; finished jobs are read back, not retrained. Returns the :class:`~matseg.api.Run`.
+
+    ``executor``: ``local`` (one job after another, or ``workers`` processes) or ``ray`` (one
+    task per job on the cluster at ``address``). The run folder and its resume semantics are
+    the same whichever runs the jobs. ``say`` receives one-line notes (stale locks, stages).
+    """
+    if executor not in ("local", "ray"):
+        raise SpecError("--executor", "local or ray", repr(executor))
+    if workers < 1:
+        raise SpecError("--workers", "a count >= 1", str(workers))
+    say = say or log.info
+    specs = resolve_datasets(profile)
+    plan = compile_plan(profile, specs)
+    folder = RunDir.for_plan(Path(out), plan)
+    if process_rank() != 0:
+        return Run(folder, plan=plan, trained=_follow_rank_zero(plan, folder))
+    if folder.jobs_dir.exists() and any(folder.jobs_dir.iterdir()) and not resume:
+        raise SpecError(
+            str(folder.root),
+            "a new run folder",
+            "one with jobs already in it",
+            "add --resume to continue it (finished jobs are kept)",
+        )
+    with folder.lock(f"matseg run {profile.name}") as note:
+        if note:
+            say(note)
+        folder.write_profile(profile)
+        folder.write_plan(plan)
+        prepared = {
+            spec.name: prepare_dataset(spec, profile.task.classes, folder.cache_dir(spec.name))
+            for spec in specs
+        }
+        folder.write_fingerprints([data.facts() for data in prepared.values()])
+        pending = [job for job in plan.jobs if not folder.finished(job.hash)]
+        reused = [job.hash for job in plan.jobs if job not in pending]
+        trained = _execute(
+            pending, folder, prepared, executor, workers, address, cpus_per_job, progress,
+            progress_bar, len(reused), len(plan.jobs),
+        )  # fmt: skip
+        if progress is not None:
+            progress("done", len(plan.jobs), len(plan.jobs))
+        rows = results_rows(folder.results(plan))
+        folder.write_tables(rows)
+        best = {row["job"]: row["dataset"] for row in best_rows(rows)}
+        if profile.qc.enabled:  # quality control of the best job per dataset (kept on --resume)
+            from matseg.qc.pipeline import quality_control_for_run  # scikit-learn when asked
+
+            quality_control_for_run(folder, best, prepared, progress=say)
+        if profile.explain.enabled:
+            _explain_best(folder, profile, best, prepared, say)
+        from matseg.record import write_record
+        from matseg.report import build_report
+
+        write_record(folder)
+        build_report(folder)
+    return Run(folder, plan=plan, trained=trained, reused=reused)
+
+
+def _execute(
+    pending: list[Job], folder: RunDir, prepared: dict[str, PreparedData], executor: str,
+    workers: int, address: str | None, cpus_per_job: int, progress: Progress | None,
+    progress_bar: bool, done_before: int, total: int,
+) -> list[str]:  # fmt: skip
+    """The pending jobs on the chosen executor; the hashes it trained."""
+    if executor == "ray":
+        from matseg.execution.workers import run_on_ray
+
+        return run_on_ray(pending, folder.root, address, cpus_per_job, progress=progress)
+    if workers > 1:
+        from matseg.execution.workers import run_in_processes
+
+        return run_in_processes(pending, folder.root, workers, progress)
+    return run_sequentially(pending, folder, prepared, progress, progress_bar, done_before, total)

@@ -116,6 +116,11 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
     )  # fmt: skip
     assert reference.returncode == 0, reference.stderr[-2000:]
     ref_folder = next((tmp_path / "ref").iterdir())
+    # Lightning's banners, tips and library deprecations stay off the terminal (in the job log)
+    said = reference.stdout + reference.stderr
+    for chatter in ("GPU available", "TPU available", "Tip:", "litlogger", "deprecated"):
+        assert chatter not in said, chatter
+    assert "results (Table 3)" in reference.stdout
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "matseg", "run", str(path), "--out", str(tmp_path / "killed")],
@@ -145,6 +150,7 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path) -> None:
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "trained 1, reused 1" in resumed.stdout
+    assert "took over a stale lock" in resumed.stderr  # the killed process's .lock
     assert (
         next(folder.glob(f"jobs/{done_before.pop()}/metrics.json")).stat().st_mtime_ns
         == first_mtime

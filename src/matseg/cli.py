@@ -352,10 +352,16 @@ def plan_command(
         out.print(_plan_table(plan))
 
 
-def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
+def _results_table(
+    rows: list[dict[str, Any]], title: str, metrics: list[str] | None = None
+) -> Table:
+    """Table 3 / 2 in the terminal; ``metrics``: the profile's task.metrics (IoU always)."""
+    from matseg.report.tables import OPTIONAL_SCORES as SCORES
+
+    extra = [m for m in SCORES if metrics is None or m in metrics]
     table = Table(title=title, title_justify="left")
-    columns = ("dataset", "split", "model", "IoU [95% CI]", "fg IoU", "Dice", "acc", "wIoU",
-               "majority", "all-fg", "epochs", "time")  # fmt: skip
+    columns = ("dataset", "split", "model", "IoU [95% CI]", "fg IoU",
+               *(SCORES[m][0] for m in extra), "majority", "all-fg", "epochs", "time")  # fmt: skip
     for col in columns:
         table.add_column(col, justify="left" if col in columns[:3] else "right")
 
@@ -366,7 +372,7 @@ def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
         ci = f"{f(r['macro_iou'])} [{f(r['macro_iou_low'])}, {f(r['macro_iou_high'])}]"
         table.add_row(
             r["dataset"], r["split"], f"{r['encoder']} + {r['decoder']}", ci,
-            f(r["foreground_iou"]), f(r["dice"]), f(r["pixel_accuracy"]), f(r["weighted_iou"]),
+            f(r["foreground_iou"]), *(f(r[SCORES[m][1]]) for m in extra),
             f(r["baseline_majority_iou"]), f(r["baseline_all_foreground_iou"]),
             str(r["epochs"]), f"{r['train_seconds']:.0f} s",
         )  # fmt: skip
@@ -385,8 +391,11 @@ def _run_and_report(profile: Any, out_dir: Path, resume: bool, **executor: Any) 
             say=lambda m: err.print(m, highlight=False),
             **executor,
         )
-    out.print(_results_table(done.results, "results (Table 3)"))
-    out.print(_results_table(done.best_results(), "best per dataset by validation IoU (Table 2)"))
+    metrics = list(profile.task.metrics)
+    out.print(_results_table(done.results, "results (Table 3)", metrics))
+    out.print(
+        _results_table(done.best_results(), "best per dataset by validation IoU (Table 2)", metrics)
+    )
     best = [done.job(h) for h in dict.fromkeys(row["job"] for row in done.best_results())]
     for quality in done.quality(best):
         _print_qc_result(
@@ -673,19 +682,27 @@ def report_command(
     run: Annotated[Path, typer.Argument(help="Run folder, or a record.json file.")],
     refresh: Annotated[
         bool,
-        typer.Option(help="Rebuild record.json from the run folder first (new QC, heatmaps)."),
-    ] = True,
+        typer.Option(
+            help="Read the datasets again first: fingerprint.json and sample figures (for run "
+            "folders that lack them, or whose data changed)."
+        ),
+    ] = False,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for the report (default: the run).")
     ] = None,
 ) -> None:
-    """(Re)build the evaluation record and the report (HTML, Markdown, CSV tables) of a run."""
+    """Rebuild the evaluation record from the run folder (new QC, heatmaps) and the report
+    (HTML, Markdown, CSV tables); a record.json file gives its report alone."""
+    from matseg.pipeline import refresh_data_facts
     from matseg.record import write_record
     from matseg.report import build_report
     from matseg.rundir import RunDir
 
     with _friendly_errors():
-        if refresh and run.is_dir() and RunDir(run).plan_file.is_file():
+        if run.is_dir() and RunDir(run).plan_file.is_file():
+            if refresh:
+                for path in refresh_data_facts(RunDir(run)):
+                    out.print(f"refreshed: {path}", highlight=False)
             out.print(f"record: {write_record(run)}", highlight=False)
         files = build_report(run, out_dir)
         _print_recommendation(files.recommendation)
@@ -837,33 +854,6 @@ def export_command(
 # --- demo ---------------------------------------------------------------------------------------
 
 
-DEMO_DECODERS = ("unet", "deeplabv3", "deeplabv3plus")
-
-
-def demo_profile(
-    spec_path: Path,
-    encoder: str,
-    weights: str,
-    decoders: list[str],
-    max_epochs: int,
-    minutes: float,
-) -> dict[str, Any]:
-    """The quickstart's profile: a small pretrained encoder x the paper's three decoders on CPU."""
-    return {
-        "$comment": "Written by 'matseg demo': the paper protocol on synthetic micrographs, sized "
-        "for a laptop CPU (bf16, 128 px patches, a time budget per job).",
-        "name": "demo",
-        "description": "matseg quickstart on generated micrographs",
-        "datasets": [str(spec_path)],
-        "task": {"objective": "Segment the pores of a porous solid", "difficulty": "Easy"},
-        "model": {"encoders": [encoder], "decoders": decoders, "weights": weights},
-        "training": {
-            "batch_size": 16, "learning_rate": 1e-3, "max_epochs": max_epochs, "patience": 8,
-            "patch_size": 128, "precision": "bf16-mixed", "max_minutes": minutes, "seeds": [0],
-        },
-    }  # fmt: skip
-
-
 @app.command("demo")
 def demo(
     out_dir: Annotated[
@@ -889,7 +879,8 @@ def demo(
     from matseg.datasets.check import inspect_dataset, report
     from matseg.datasets.spec import load_spec
     from matseg.datasets.synthetic import write_synthetic_dataset
-    from matseg.profile import load_profile
+    from matseg.profile import demo_profile, load_profile
+    from matseg.rundir import RunDir
 
     with _friendly_errors():
         data = out_dir / "data"
@@ -905,17 +896,17 @@ def demo(
         profile_path = write_json(
             out_dir / "demo-profile.json",
             demo_profile(
-                spec_path.resolve(),
+                str(spec_path.resolve()),
                 encoder,
                 weights,
-                list(decoders or DEMO_DECODERS),
+                list(decoders) if decoders else None,
                 max_epochs,
                 minutes,
             ),
         )
         out.print(f"profile: {profile_path}", highlight=False)
         folder = _run_and_report(load_profile(profile_path), out_dir / "runs", resume=True)
-        out.print(f"dataset fingerprint: {folder / 'fingerprint.json'}", highlight=False)
+        out.print(f"dataset fingerprint: {RunDir(folder).fingerprint_file}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

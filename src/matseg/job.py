@@ -163,6 +163,35 @@ def evaluate_split(
     )
 
 
+def draw_samples(run: RunDir, result: JobResult, data: PreparedData) -> Path | None:
+    """The sample-predictions figure of a finished job, from its saved test predictions (what
+    :func:`evaluate_split` draws in memory); None without a test split."""
+    test = result.evaluations.get("test")
+    if test is None:
+        return None
+    wanted = [i.key for i in test.images[:SAMPLE_IMAGES]]
+    split = data.dataset.split("test")
+    samples = {}
+    for i in range(len(split)):
+        sample = split[i]
+        if sample.meta.key in wanted and sample.meta.key not in samples:
+            samples[sample.meta.key] = sample
+    rows = [
+        (
+            key,
+            samples[key].image,
+            samples[key].mask,
+            run.read_prediction(result.job.hash, "test", key),
+        )
+        for key in wanted
+        if key in samples and samples[key].mask is not None
+    ]
+    if not rows:
+        return None
+    png = sample_predictions_png(rows, data.spec.ignore_index)  # type: ignore[arg-type]
+    return write_bytes(run.sample_figure(result.job.hash), png)
+
+
 class _JobLog:
     """Route matseg and Lightning log records to the job's log.txt while it runs."""
 

@@ -157,3 +157,25 @@ def _execute(
 
         return run_in_processes(pending, folder.root, workers, progress)
     return run_sequentially(pending, folder, prepared, progress, progress_bar, done_before, total)
+
+
+def refresh_data_facts(run: RunDir) -> list[Path]:
+    """Read a run's datasets again: rewrite ``fingerprint.json`` and redraw the sample figures
+    of the finished jobs from their saved predictions (for folders written before these files
+    existed, or data that changed). The files written."""
+    from matseg.job import draw_samples
+
+    plan = run.read_plan()
+    results = run.results(plan)
+    prepared: dict[str, PreparedData] = {}
+    for job in plan.jobs:
+        if job.dataset not in prepared:
+            prepared[job.dataset] = prepare_dataset(
+                job.spec, job.classes, run.cache_dir(job.dataset)
+            )
+    written = [run.write_fingerprints([p.facts() for p in prepared.values()])]
+    for result in results:
+        path = draw_samples(run, result, prepared[result.job.dataset])
+        if path is not None:
+            written.append(path)
+    return written

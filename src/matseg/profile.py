@@ -336,3 +336,34 @@ def starting_profile(dataset: str = "examples/nasa-super.json") -> dict[str, Any
             "max_minutes": 10,
         },
     }
+
+
+DEMO_DECODERS = ("unet", "deeplabv3", "deeplabv3plus")
+
+
+def demo_profile(
+    dataset: str,
+    encoder: str = "tu-tf_efficientnet_lite0",
+    weights: str = "efficientnet-lite0",
+    decoders: list[str] | None = None,
+    max_epochs: int = 40,
+    minutes: float = 1.0,
+) -> dict[str, Any]:
+    """The quickstart's profile (``matseg demo``): the starting profile with the paper's three
+    decoders on a small pretrained encoder, sized for a laptop CPU (bf16, 128 px patches)."""
+    profile = starting_profile(dataset)
+    profile["$comment"] = (
+        "Written by 'matseg demo': the paper protocol on synthetic micrographs, sized for a "
+        "laptop CPU (bf16, 128 px patches, a time budget per job)."
+    )
+    profile["name"] = "demo"
+    profile["description"] = "matseg quickstart on generated micrographs"
+    profile["task"].update(objective="Segment the pores of a porous solid", difficulty="Easy")
+    profile["model"].update(
+        encoders=[encoder], decoders=list(decoders or DEMO_DECODERS), weights=weights
+    )
+    profile["training"].update(
+        learning_rate=1e-3, max_epochs=max_epochs, patience=8, patch_size=128,
+        max_minutes=minutes,
+    )  # fmt: skip
+    return profile

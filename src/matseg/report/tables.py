@@ -28,12 +28,28 @@ def _ci(ev: SplitEvaluation, name: str) -> str:
     return f"[{low_high[0]:.3f}, {low_high[1]:.3f}]"
 
 
+# The optional scores of Table 3 by the profile's ``task.metrics`` name: column, attribute.
+OPTIONAL_SCORES = {
+    "dice": ("Dice", "dice"),
+    "pixel_accuracy": ("pixel acc.", "pixel_accuracy"),
+    "weighted_iou": ("wIoU", "weighted_iou"),
+}
+
+
+def shown_metrics(profile: dict[str, Any]) -> list[str]:
+    """The optional scores the profile's ``task.metrics`` asks the tables to show (IoU always
+    shows: it ranks the combinations)."""
+    asked = (profile.get("task") or {}).get("metrics") or list(OPTIONAL_SCORES)
+    return [m for m in OPTIONAL_SCORES if m in asked]
+
+
 def grid_table(record: EvaluationRecord) -> Table:
     """The paper's Table 3: every job and evaluated split, with CIs and trivial baselines."""
+    extra = shown_metrics(record.run.profile)
     header = [
         "dataset", "split", "encoder", "decoder", "weights", "seed", "macro IoU", "95% CI",
-        "foreground IoU", "95% CI (fg)", "Dice", "pixel acc.", "wIoU", "majority IoU",
-        "all-fg IoU", "epochs", "train s", "params (M)", "ms / 256 px",
+        "foreground IoU", "95% CI (fg)", *(OPTIONAL_SCORES[m][0] for m in extra),
+        "majority IoU", "all-fg IoU", "epochs", "train s", "params (M)", "ms / 256 px",
     ]  # fmt: skip
     rows = []
     for j in record.jobs:
@@ -43,7 +59,7 @@ def grid_table(record: EvaluationRecord) -> Table:
             rows.append([
                 j.dataset, split, j.encoder, j.decoder, j.weights, j.seed, fmt(ev.macro_iou),
                 _ci(ev, "macro_iou"), fmt(ev.foreground_iou), _ci(ev, "foreground_iou"),
-                fmt(ev.dice), fmt(ev.pixel_accuracy), fmt(ev.weighted_iou), fmt(majority),
+                *(fmt(getattr(ev, OPTIONAL_SCORES[m][1])) for m in extra), fmt(majority),
                 fmt(all_fg), j.epochs, fmt(j.train_seconds, 0), fmt(j.parameters / 1e6, 2),
                 fmt(j.latency_ms_256, 0),
             ])  # fmt: skip

@@ -94,9 +94,9 @@ def test_the_lock_names_its_holder_and_takes_over_a_stale_one(tmp_path: Path) ->
     # a live holder (the parent process) on this host: refused, naming pid and host
     run.lock_file.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
                                          "since": "t", "command": "matseg run x"}))  # fmt: skip
-    with pytest.raises(RunLockedError, match=rf"pid {os.getppid()} on {socket.gethostname()}"):
-        with run.lock():
-            pass
+    holder = rf"pid {os.getppid()} on {socket.gethostname()}"
+    with pytest.raises(RunLockedError, match=holder), run.lock():
+        pass
     # a dead holder: taken over, with a note; released after
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -114,8 +114,8 @@ def test_a_second_run_on_a_locked_folder_stops_with_one_line(tiny_run: Path) -> 
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     rundir = RunDir(tiny_run)
     try:
-        rundir.lock_file.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                                "since": "t", "command": "matseg run tiny"}))  # fmt: skip
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "since": "t", "command": "x"}
+        rundir.lock_file.write_text(json.dumps(lock))
         profile = tiny_run.parent.parent / "profile.json"
         res = CliRunner().invoke(
             app, ["run", str(profile), "--out", str(tiny_run.parent), "--resume"]

@@ -127,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.run:
-        from matseg.execution.trained import load_trained
+        from matseg.trained import load_trained
 
         model = load_trained(args.run).model
         args.encoder = "trained"

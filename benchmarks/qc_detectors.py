@@ -30,7 +30,8 @@ from matseg.profile import QualityControl
 from matseg.qc.detectors import DETECTORS, make_detector
 from matseg.qc.evaluation import acceptance_threshold, evaluate_scores
 from matseg.qc.extractors import ExtractorContext, make_extractor
-from matseg.qc.workflow import cut_patches, evaluate_qc, fit_qc, load_job, scenario_images
+from matseg.qc.patches import cut_patches
+from matseg.qc.workflow import evaluate_qc, fit_qc, load_job, scenario_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -34,7 +34,7 @@ from matseg import metrics
 from matseg.datasets.check import inspect_dataset
 from matseg.datasets.dataset import MicrographDataset
 from matseg.datasets.spec import load_spec
-from matseg.profile import load_profile
+from matseg.profile import Training, load_profile
 from matseg.training import RandomCrops, SegmentationModule, fit, predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,11 +145,10 @@ def reference_loop(
 
 def matseg_fit(
     seed: int, minutes: float, train: MicrographDataset, val: MicrographDataset
-) -> tuple[torch.nn.Module, dict]:
+) -> tuple[torch.nn.Module, Training]:
     """matseg as examples/profiles/nasa-super.json trains it (its whole training block)."""
     training = load_profile(ROOT / "examples" / "profiles" / "nasa-super.json").training
-    block = training.model_dump(mode="json", exclude={"seeds", "num_workers"})
-    block["max_minutes"] = minutes
+    block = training.model_copy(update={"max_minutes": minutes, "seeds": [seed]})
     torch.manual_seed(seed)
     model = smp.Unet("resnet18", encoder_weights=None, classes=CLASSES)
     fitted = fit(model, train, val, CLASSES, block, seed, 255, Path("/tmp"), progress_bar=False)
@@ -172,8 +171,8 @@ def iou_comparison(minutes: float, seeds: list[int], plain_fp32: bool) -> None:
                   f"precipitates {score[1]:.3f}; different_test {score[2]:.3f}",
                   flush=True)  # fmt: skip
         model, block = matseg_fit(seed, minutes, train, val)
-        for tta in ("none", block["tta"]):
-            score = _test_iou(model, ins, block["precision"], tta)
+        for tta in ("none", block.tta):
+            score = _test_iou(model, ins, block.precision, tta)
             name = f"matseg (TTA {tta})"
             rows.setdefault(name, []).append(score)
             print(f"seed {seed} {name:24s}: test macro {score[0]:.3f}, precipitates "

@@ -39,6 +39,17 @@ def write_json(path: Path, data: Any, **dump_options: Any) -> Path:
     return write_bytes(path, (json.dumps(data, **options) + "\n").encode("utf-8"))
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN and infinity (nested in dicts and lists) as None: JSON has none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def write_npy(path: Path, array: np.ndarray) -> Path:
     """A NumPy array as ``.npy`` (no pickles) written atomically."""
     buf = io.BytesIO()

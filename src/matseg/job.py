@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from matseg import __version__, metrics
-from matseg.atomic import write_bytes
+from matseg.atomic import finite_or_none, write_bytes
 from matseg.datasets.check import Inspection
 from matseg.datasets.dataset import MicrographDataset
 from matseg.datasets.fingerprint import fingerprint
@@ -66,20 +66,9 @@ class PreparedData:
             in_channels=self.in_channels,
             train_class_frequencies=self.train_frequencies.tolist(),
             splits={name: len(items) for name, items in ins.split.splits.items()},
-            fingerprint=_finite(fingerprint(ins)),
+            fingerprint=finite_or_none(fingerprint(ins)),
             leakage_warnings=leaks,
         )
-
-
-def _finite(value: object) -> object:
-    """NaN and infinities as None (JSON has neither)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def prepare_dataset(

@@ -19,11 +19,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matseg import __version__
-from matseg.atomic import write_bytes, write_json
+from matseg.atomic import finite_or_none, write_bytes, write_json
 from matseg.errors import MatsegError, read_json
 from matseg.plan import Job
 from matseg.results import JobResult, SplitResult, best_rows, results_rows
@@ -216,16 +215,6 @@ def record_json_schema() -> dict[str, Any]:
 # --- reading the run folder ---------------------------------------------------------------------
 
 
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value
-
-
 def _git_revision() -> str | None:
     """matseg's commit when it runs from a git checkout (an editable install), else None."""
     here = Path(__file__).resolve().parent
@@ -295,7 +284,7 @@ def _dataset_context(
         difficulty=task.get("difficulty"),
         classes=classes,
         splits=facts.splits if facts else {},
-        fingerprint=_nan_to_none(facts.fingerprint) if facts else None,
+        fingerprint=finite_or_none(facts.fingerprint) if facts else None,
         leakage_warnings=facts.leakage_warnings if facts else [],
         notes=notes,
     )
@@ -397,7 +386,7 @@ def _quality(run: RunDir, datasets: dict[str, str]) -> list[QualityRecord]:
     out = []
     for job in run.qc_jobs():
         qc_file = run.qc_file(job, "qc.json")
-        data = _nan_to_none(read_json(qc_file, "a quality-control result (qc.json)", RecordError))
+        data = finite_or_none(read_json(qc_file, "a quality-control result (qc.json)", RecordError))
         verdict = data["verdict"]
         flagged = []
         scores = run.qc_file(job, "scores.csv")
@@ -415,7 +404,7 @@ def _quality(run: RunDir, datasets: dict[str, str]) -> list[QualityRecord]:
                     )
         output_file = run.qc_file(job, "output_qc.json")
         output = (
-            _nan_to_none(read_json(output_file, "an output QC result", RecordError))
+            finite_or_none(read_json(output_file, "an output QC result", RecordError))
             if output_file.is_file()
             else None
         )
@@ -444,7 +433,7 @@ def _quality(run: RunDir, datasets: dict[str, str]) -> list[QualityRecord]:
 def _explanations(run: RunDir, datasets: dict[str, str]) -> list[ExplanationRecord]:
     out = []
     for path in run.explanation_files():
-        data = _nan_to_none(read_json(path, "an explanation result (explain.json)", RecordError))
+        data = finite_or_none(read_json(path, "an explanation result (explain.json)", RecordError))
         faith = data.get("faithfulness")
         out.append(
             ExplanationRecord(
@@ -514,7 +503,7 @@ def build_record(run: RunDir | Path) -> EvaluationRecord:
 
 def _nan_free(result: JobResult) -> JobResult:
     """The result with every NaN as None (JSON, and the record, have no NaN)."""
-    return JobResult.model_validate(_nan_to_none(result.model_dump()))
+    return JobResult.model_validate(finite_or_none(result.model_dump()))
 
 
 def write_record(run: RunDir | Path, record: EvaluationRecord | None = None) -> Path:

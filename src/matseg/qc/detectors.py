@@ -118,6 +118,19 @@ def _percentile_of(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return (below + upto) / (2.0 * len(reference))
 
 
+def _calibration_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (held out for calibration, the rest) of ``n`` rows: a seeded permutation."""
+    order = np.random.default_rng(seed).permutation(n)
+    held = order[: max(1, int(n * share))]
+    return held, order[len(held) :]
+
+
+def _mean_percentile(references: list[np.ndarray], scores: list[np.ndarray]) -> np.ndarray:
+    """Each detector's scores as their percentile among its held-out ID scores, averaged."""
+    parts = [_percentile_of(ref, s) for ref, s in zip(references, scores, strict=True)]
+    return np.mean(parts, axis=0)
+
+
 class _Detector(OutlierMixin, BaseEstimator):
     """What every detector shares: the two input forms, the column blocks, offset_ and predict.
 
@@ -280,20 +293,15 @@ class PercentileAverage(_Detector):
             self.reference_scores_: list[np.ndarray] = []
             self.offset_ = acceptance_threshold(self.models_[0].score_samples(x), self.accept)
             return self
-        order = np.random.default_rng(self.seed).permutation(len(x))
-        held = order[: max(1, int(len(x) * self.calibration))]
-        rest = order[len(held) :]
+        held, rest = _calibration_split(len(x), self.calibration, self.seed)
         self.held_out_ = held
         self.models_ = [clone(self.base).fit(b[rest]) for _, b in blocks]
         held_scores = [
             m.score_samples(b[held]) for m, (_, b) in zip(self.models_, blocks, strict=True)
         ]
         self.reference_scores_ = [np.sort(s) for s in held_scores]
-        percentiles = [
-            _percentile_of(ref, s)
-            for ref, s in zip(self.reference_scores_, held_scores, strict=True)
-        ]
-        self.offset_ = acceptance_threshold(np.mean(percentiles, axis=0), self.accept)
+        calibrated = _mean_percentile(self.reference_scores_, held_scores)
+        self.offset_ = acceptance_threshold(calibrated, self.accept)
         return self
 
     def score_samples(self, X: Any) -> np.ndarray:
@@ -302,11 +310,8 @@ class PercentileAverage(_Detector):
         blocks = self._blocks(self._check_input(X, "score_samples", reset=False))
         if len(blocks) == 1:
             return self.models_[0].score_samples(blocks[0][1])
-        parts = [
-            _percentile_of(ref, m.score_samples(b))
-            for m, ref, (_, b) in zip(self.models_, self.reference_scores_, blocks, strict=True)
-        ]
-        return np.mean(parts, axis=0)
+        scores = [m.score_samples(b) for m, (_, b) in zip(self.models_, blocks, strict=True)]
+        return _mean_percentile(self.reference_scores_, scores)
 
 
 # --- Forte ------------------------------------------------------------------------------------
@@ -549,9 +554,7 @@ class Ensemble(_Detector):
         where, n = self._where("fit"), len(x)
         if not self.members:
             raise InputError(f"{where}: members: expected at least one detector, found none")
-        order = np.random.default_rng(self.seed + 1).permutation(n)
-        held = order[: max(1, int(n * self.calibration))]
-        rest = order[len(held) :]
+        held, rest = _calibration_split(n, self.calibration, self.seed + 1)
         if not len(rest):
             raise InputError(
                 f"{where}: expected ID points both to calibrate on and to fit the members on, "
@@ -562,22 +565,17 @@ class Ensemble(_Detector):
         self.members_ = [clone(member).fit(train) for member in self.members]
         held_scores = [m.score_samples(calib) for m in self.members_]
         self.reference_scores_ = [np.sort(s) for s in held_scores]
-        percentiles = [
-            _percentile_of(ref, s)
-            for ref, s in zip(self.reference_scores_, held_scores, strict=True)
-        ]
-        self.offset_ = acceptance_threshold(np.mean(percentiles, axis=0), self.accept)
+        calibrated = _mean_percentile(self.reference_scores_, held_scores)
+        self.offset_ = acceptance_threshold(calibrated, self.accept)
         return self
 
     def score_samples(self, X: Any) -> np.ndarray:
         """The members' mean ID percentile."""
         check_is_fitted(self)
         data = self._named(self._check_input(X, "score_samples", reset=False))
-        parts = [
-            _percentile_of(ref, m.score_samples(data))
-            for m, ref in zip(self.members_, self.reference_scores_, strict=True)
-        ]
-        return np.mean(parts, axis=0)
+        return _mean_percentile(
+            self.reference_scores_, [m.score_samples(data) for m in self.members_]
+        )
 
 
 # --- registry ----------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 A one-job run (resnet18 x UNet, 1 epoch, no weights) on a generated 16-image dataset, with QC
 enabled, through the command line in this process, under cProfile; prints the number of
-`inspect_dataset` calls (the full check of a dataset: files, masks, encodings, splits) and the
-run's wall time. Every stage that needs the data should
+`inspect_dataset` calls (the full check of a dataset: files, masks, encodings, splits), the
+test split's macro IoU from `results.csv` (the same before and after a structural change) and
+the run's wall time. Every stage that needs the data should
 reuse the one inspection made at the start of the run.
 
     python benchmarks/run_inspections.py
@@ -16,6 +17,7 @@ The same script runs against an older checkout to compare (its `matseg` first on
 from __future__ import annotations
 
 import cProfile
+import csv
 import json
 import os
 import pstats
@@ -63,6 +65,10 @@ def main() -> None:
         )
         print(f"matseg {matseg.__version__} from {Path(matseg.__file__).parent}")
         print(f"inspect_dataset calls in one run (one dataset, one job, QC on): {inspections}")
+        (results,) = (work / "runs").glob("*/results.csv")
+        with results.open(newline="") as f:
+            test = [row for row in csv.DictReader(f) if row["split"] == "test"]
+        print(f"test macro IoU: {', '.join(row['macro_iou'] for row in test)}")
         print(f"run wall time: {seconds:.1f} s")
 
 

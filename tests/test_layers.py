@@ -138,3 +138,19 @@ def test_execution_holds_only_executors() -> None:
 
 def test_a_cycle_is_caught() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_one_csv_writer() -> None:
+    """Every CSV matseg writes goes through ``matseg.atomic`` (one quoting, rounding, NaN rule):
+    no other module builds a ``csv.writer`` or ``csv.DictWriter``."""
+    writers = {
+        f"{module}:{node.lineno}"
+        for module, path in MODULES.items()
+        if module != "matseg.atomic"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute)
+        and node.attr in ("writer", "DictWriter")
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "csv"
+    }
+    assert not writers, sorted(writers)

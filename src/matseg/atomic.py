@@ -63,17 +63,23 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def csv_bytes(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> bytes:
-    """Rows as CSV (UTF-8): the given columns (default: the first row's keys), NaN and None as
-    empty cells, floats rounded to 6 decimals. The one CSV writer of matseg."""
-    fields = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+def table_csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """A header and rows of cells as CSV (UTF-8), NaN and None as empty cells, floats rounded
+    to 6 decimals; a header may repeat a name (a report table's two "IoU" columns). The one CSV
+    writer of matseg."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    if fields:
-        writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in fields})
+    writer = csv.writer(buf)
+    if header:
+        writer.writerow(header)
+    writer.writerows([_cell(value) for value in row] for row in rows)
     return buf.getvalue().encode("utf-8")
+
+
+def csv_bytes(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> bytes:
+    """Rows (dicts) as CSV: the given columns (default: the first row's keys; a missing key is
+    an empty cell, an extra one is left out), through :func:`table_csv_bytes`."""
+    fields = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    return table_csv_bytes(fields, [[row.get(k) for k in fields] for row in rows])
 
 
 def write_csv(

@@ -11,8 +11,6 @@ on. When the job has fitted quality control, every input also gets its typicalit
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ import numpy as np
 import tifffile
 import torch
 
-from matseg.atomic import write_bytes
+from matseg.atomic import csv_bytes, write_bytes
 from matseg.datasets.readers import input_files, match_channels, normalisation, normalise
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
@@ -350,15 +348,13 @@ def _csv(summary: PredictSummary, classes: list[str]) -> bytes:
     flags: dict[str, list[dict[str, Any]]] = {}
     for row in summary.quality:
         flags.setdefault(str(row["image"]).split("#")[0].split("/")[-1], []).append(row)
-    buf = io.StringIO()
     fractions = [f"fraction_{c}" for c in classes]
     fields = ["source", "kind", "shape", "mask", "probabilities", "seconds", "tiles",
               *fractions, "typicality", "flagged", "flagged_slices"]  # fmt: skip
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
+    lines = []
     for p in summary.predictions:
         rows = flags.get(Path(p.source).stem, [])
-        writer.writerow({
+        lines.append({
             "source": p.source, "kind": p.kind, "shape": "x".join(map(str, p.shape)),
             "mask": p.mask, "probabilities": p.probabilities or "", "seconds": round(p.seconds, 3),
             "tiles": p.tiles, **{f"fraction_{c}": v for c, v in p.class_fractions.items()},
@@ -366,4 +362,4 @@ def _csv(summary: PredictSummary, classes: list[str]) -> bytes:
             "flagged": any(r["flagged"] for r in rows) if rows else "",
             "flagged_slices": sum(bool(r["flagged"]) for r in rows) if rows else "",
         })  # fmt: skip
-    return buf.getvalue().encode()
+    return csv_bytes(lines, fields)

@@ -176,7 +176,7 @@ def build_report(run: RunDir | Path, out: Path | None = None) -> ReportFiles:
     html = write_bytes(target.report_file, render_html(record, folder.root, rec).encode("utf-8"))
     md = write_bytes(target.report_markdown, render_markdown(record, rec).encode("utf-8"))
     csvs = [
-        write_bytes(target.table_file(name), to_csv(table).encode("utf-8"))
+        write_bytes(target.table_file(name), to_csv(table))
         for name, table in (
             ("table3_grid", grid_table(record)),
             ("table2_best", best_table(record)),

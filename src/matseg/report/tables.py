@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
+from matseg.atomic import table_csv_bytes
 from matseg.record import EvaluationRecord, SplitEvaluation
 from matseg.report.recommend import Recommendation
 
@@ -125,13 +124,9 @@ def recommendation_table(rec: Recommendation) -> Table:
     return header, rows
 
 
-def to_csv(table: Table) -> str:
+def to_csv(table: Table) -> bytes:
     header, rows = table
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
+    return table_csv_bytes(header, rows)
 
 
 def to_markdown(table: Table) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from matseg.errors import SpecError
 from matseg.plan import Job, Plan
 from matseg.results import JobResult, best_rows, results_rows
-from matseg.rundir import RunDir
+from matseg.rundir import OUTPUT_QC_FILE, QC_FILE, RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -195,12 +195,12 @@ class Run:
         chosen = job if isinstance(job, FinishedJob) else (
             self.job(job) if job is not None else self.best()
         )  # fmt: skip
-        path = self.folder.qc_file(chosen.hash, "qc.json")
+        path = self.folder.qc_file(chosen.hash, QC_FILE)
         if not path.is_file():
             return None
         from matseg.errors import read_json
 
-        out = self.folder.qc_file(chosen.hash, "output_qc.json")
+        out = self.folder.qc_file(chosen.hash, OUTPUT_QC_FILE)
         return QualityReport(
             chosen,
             read_json(path, "a quality-control result (qc.json)"),

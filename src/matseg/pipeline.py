@@ -21,7 +21,7 @@ from matseg.job import PreparedData, prepare_dataset, run_job
 from matseg.plan import Job, Plan, compile_plan
 from matseg.profile import Profile, resolve_datasets
 from matseg.results import best_rows, results_rows
-from matseg.rundir import RunDir
+from matseg.rundir import EXPLAIN_FILE, RunDir
 from matseg.training import process_rank
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _explain_best(
 ) -> None:  # fmt: skip
     """The profile's ``explain`` block: H of the first test images of each dataset's best job
     (an explanation already on disk is kept)."""
-    from matseg.explain.run import EXPLAIN_FILE, ExplainOptions, explain_image
+    from matseg.explain.run import ExplainOptions, explain_image
     from matseg.trained import load_trained
 
     settings = profile.explain

@@ -26,7 +26,16 @@ from matseg.atomic import finite_or_none, write_bytes, write_json
 from matseg.errors import MatsegError, read_json
 from matseg.plan import Job
 from matseg.results import JobResult, SplitResult, best_rows, results_rows
-from matseg.rundir import DatasetFacts, RunDir
+from matseg.rundir import (
+    EXPLAIN_FIGURE,
+    HEATMAP_FILE,
+    OUTPUT_QC_FIGURE,
+    OUTPUT_QC_FILE,
+    QC_FILE,
+    SCORES_FILE,
+    DatasetFacts,
+    RunDir,
+)
 
 SCHEMA_VERSION = 1
 PACKAGES = (
@@ -385,11 +394,11 @@ def _job_record(run: RunDir, result: JobResult) -> JobRecord:
 def _quality(run: RunDir, datasets: dict[str, str]) -> list[QualityRecord]:
     out = []
     for job in run.qc_jobs():
-        qc_file = run.qc_file(job, "qc.json")
+        qc_file = run.qc_file(job, QC_FILE)
         data = finite_or_none(read_json(qc_file, "a quality-control result (qc.json)", RecordError))
         verdict = data["verdict"]
         flagged = []
-        scores = run.qc_file(job, "scores.csv")
+        scores = run.qc_file(job, SCORES_FILE)
         if scores.is_file():
             for row in csv.DictReader(scores.read_text(encoding="utf-8").splitlines()):
                 if row["flagged"] == "True":
@@ -402,13 +411,13 @@ def _quality(run: RunDir, datasets: dict[str, str]) -> list[QualityRecord]:
                             patches_flagged=int(row["patches_flagged"]),
                         )
                     )
-        output_file = run.qc_file(job, "output_qc.json")
+        output_file = run.qc_file(job, OUTPUT_QC_FILE)
         output = (
             finite_or_none(read_json(output_file, "an output QC result", RecordError))
             if output_file.is_file()
             else None
         )
-        figure = run.qc_file(job, "output_qc.png")
+        figure = run.qc_file(job, OUTPUT_QC_FIGURE)
         out.append(
             QualityRecord(
                 job=job,
@@ -448,8 +457,8 @@ def _explanations(run: RunDir, datasets: dict[str, str]) -> list[ExplanationReco
                 faithfulness_auc_ratio=faith.get("auc_ratio") if faith else None,
                 faithfulness=faith,
                 concentration=data.get("concentration", {}),
-                heatmap=run.relative(path.parent / "heatmap.npy"),
-                figure=run.relative(path.parent / "explain.png"),
+                heatmap=run.relative(path.parent / HEATMAP_FILE),
+                figure=run.relative(path.parent / EXPLAIN_FIGURE),
             )
         )
     return out

@@ -84,6 +84,18 @@ def _json(path: Path, what: str) -> Any:
         ) from None
 
 
+# The files of a job's quality control (``qc/<job>/``) and of one explanation
+# (``explain/<job>/<image>/``): named here only, whichever stage writes or reads them.
+QC_FILE = "qc.json"
+EMBEDDINGS_FILE = "embeddings.npz"
+SCORES_FILE = "scores.csv"
+NEW_SCORES_FILE = "new_scores.csv"
+OUTPUT_QC_FILE = "output_qc.json"
+OUTPUT_QC_FIGURE = "output_qc.png"
+EXPLAIN_FILE = "explain.json"
+HEATMAP_FILE = "heatmap.npy"
+EXPLAIN_FIGURE = "explain.png"
+
 _REMEDY = "run `matseg run PROFILE --resume` to rebuild it"
 
 
@@ -202,7 +214,7 @@ class RunDir:
     def qc_dir(self, job: str) -> Path:
         return _inside(self.root / "qc", job, "job hash")
 
-    def qc_file(self, job: str, name: str = "qc.json") -> Path:
+    def qc_file(self, job: str, name: str = QC_FILE) -> Path:
         """A file of a job's quality control: ``qc.json``, ``embeddings.npz``, ``scores.csv``,
         ``new_scores.csv``, ``output_qc.json``, ``output_qc.png``."""
         return self.qc_dir(job) / name
@@ -215,8 +227,8 @@ class RunDir:
         return _inside(_inside(self.root / "explain", job, "job hash"), image, "image name")
 
     def explanation_files(self) -> list[Path]:
-        """Every ``explain.json`` of the run, sorted."""
-        return sorted((self.root / "explain").glob("*/*/explain.json"))
+        """Every ``explain.json`` (:data:`EXPLAIN_FILE`) of the run, sorted."""
+        return sorted((self.root / "explain").glob(f"*/*/{EXPLAIN_FILE}"))
 
     # --- reading and writing ---------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from matseg.datasets.readers import input_files, match_channels, normalisation, 
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
-from matseg.rundir import RunDir, mask_png
+from matseg.rundir import QC_FILE, RunDir, mask_png
 from matseg.trained import TrainedJob, load_trained
 from matseg.training import predict_probabilities, uses_channels_last
 
@@ -291,7 +291,7 @@ def predict_image(
 def _quality(trained: TrainedJob, files: list[Path], slices: int = 16) -> list[dict[str, Any]]:
     """Typicality and flag per input image, and per slice (``slices`` evenly spaced) of each
     volume, when the job's quality control was fitted (``matseg qc fit``)."""
-    from matseg.qc.workflow import QC_FILE, LoadedJob, load_fitted, score_arrays, score_new_images
+    from matseg.qc.workflow import LoadedJob, load_fitted, score_arrays, score_new_images
 
     if not trained.run.qc_file(trained.job.hash, QC_FILE).is_file():
         return []

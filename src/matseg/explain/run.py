@@ -21,13 +21,9 @@ from matseg.explain.faithfulness import Faithfulness, faithfulness
 from matseg.explain.heatmap import Compile, Heatmap, Progress, Target, counterfactual_heatmap
 from matseg.explain.roi import read_image, region_of_interest
 from matseg.plots import png, subplots
-from matseg.rundir import RunDir
+from matseg.rundir import EXPLAIN_FIGURE, EXPLAIN_FILE, HEATMAP_FILE, RunDir
 from matseg.trained import TrainedJob, load_trained
 from matseg.training import predict_probabilities
-
-EXPLAIN_FILE = "explain.json"
-HEATMAP_FILE = "heatmap.npy"
-FIGURE_FILE = "explain.png"
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ def explain_image(
     folder = out or run.explain_dir(trained.job.hash, image_path.stem)
     write_npy(folder / HEATMAP_FILE, heat.image_map.astype(np.float32))
     write_npy(folder / "window_scores.npy", heat.window_scores)
-    write_bytes(folder / FIGURE_FILE, figure(image, region, heat, prediction, faith))
+    write_bytes(folder / EXPLAIN_FIGURE, figure(image, region, heat, prediction, faith))
     result = {
         "job": trained.job.hash,
         "job_label": trained.job.label(),

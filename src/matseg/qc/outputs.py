@@ -23,9 +23,7 @@ from matseg.qc.evaluation import acceptance_threshold
 from matseg.qc.extractors import MaskMorphology
 from matseg.qc.patches import cut_patches, image_scores
 from matseg.qc.workflow import LoadedJob
-
-OUTPUT_QC_FILE = "output_qc.json"
-OUTPUT_QC_FIGURE = "output_qc.png"
+from matseg.rundir import OUTPUT_QC_FIGURE, OUTPUT_QC_FILE
 
 
 def _masks(loaded: LoadedJob, split: str) -> list[tuple[str, np.ndarray]]:

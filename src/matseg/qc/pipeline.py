@@ -12,9 +12,9 @@ from typing import Any
 
 from matseg.job import PreparedData
 from matseg.profile import QualityControl
-from matseg.qc.outputs import OUTPUT_QC_FILE, output_qc
-from matseg.qc.workflow import QC_FILE, Progress, evaluate_qc, fit_qc, load_job
-from matseg.rundir import RunDir
+from matseg.qc.outputs import output_qc
+from matseg.qc.workflow import Progress, evaluate_qc, fit_qc, load_job
+from matseg.rundir import OUTPUT_QC_FILE, QC_FILE, RunDir
 
 
 def run_quality_control(

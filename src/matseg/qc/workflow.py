@@ -34,14 +34,10 @@ from matseg.qc.evaluation import OODReport, evaluate_scores
 from matseg.qc.patches import Patches, image_scores
 from matseg.qc.quality import NEW, TEST, TRAIN, VAL, Scored, TypicalityQC
 from matseg.qc.shifts import SHIFTS, STRENGTHS, apply_shift
-from matseg.rundir import RunDir
+from matseg.rundir import EMBEDDINGS_FILE, NEW_SCORES_FILE, QC_FILE, SCORES_FILE, RunDir
 from matseg.trained import TrainedJob, load_trained
 
 Progress = Callable[[str], None]
-QC_FILE = "qc.json"
-EMBEDDINGS_FILE = "embeddings.npz"
-SCORES_FILE = "scores.csv"
-NEW_SCORES_FILE = "new_scores.csv"
 SYNTHETIC = 1000  # seed offset (beyond NEW) of the synthetic shifts' patches
 
 

@@ -357,6 +357,7 @@ def _results_table(
 ) -> Table:
     """Table 3 / 2 in the terminal; ``metrics``: the profile's task.metrics (IoU always)."""
     from matseg.report.tables import OPTIONAL_SCORES as SCORES
+    from matseg.report.tables import epochs_cell
 
     extra = [m for m in SCORES if metrics is None or m in metrics]
     table = Table(title=title, title_justify="left")
@@ -374,7 +375,7 @@ def _results_table(
             r["dataset"], r["split"], f"{r['encoder']} + {r['decoder']}", ci,
             f(r["foreground_iou"]), *(f(r[SCORES[m][1]]) for m in extra),
             f(r["baseline_majority_iou"]), f(r["baseline_all_foreground_iou"]),
-            str(r["epochs"]), f"{r['train_seconds']:.0f} s",
+            epochs_cell(r["epochs"], r.get("converged")), f"{r['train_seconds']:.0f} s",
         )  # fmt: skip
     return table
 

@@ -141,6 +141,11 @@ class JobRecord(_Model):
     best_epoch: int
     best_val_iou: Number
     stopped_by: str
+    converged: bool | None = Field(
+        default=None,
+        description="False: a budget stopped training while validation IoU was still rising "
+        "(none in records written before matseg 0.2)",
+    )
     weights_loaded: dict[str, Any]
     curves: list[CurvePoint]
     evaluations: dict[str, SplitEvaluation]
@@ -214,6 +219,10 @@ class EvaluationRecord(_Model):
         default_factory=dict, description="job hash -> sample predictions figure (relative path)"
     )
     missing: list[str] = Field(description="what this run does not have (said in the report)")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what limits the run's numbers (time budgets, unconverged jobs), said first",
+    )
 
 
 def record_json_schema() -> dict[str, Any]:
@@ -222,6 +231,28 @@ def record_json_schema() -> dict[str, Any]:
 
 
 # --- reading the run folder ---------------------------------------------------------------------
+
+
+def _budget_warnings(profile: dict[str, Any], finished: list[JobResult]) -> list[str]:
+    """A time budget makes results depend on the machine; an unconverged job is not its best."""
+    out = []
+    minutes = profile.get("training", {}).get("max_minutes")
+    timed = [r for r in finished if r.stopped_by == "time budget"]
+    if minutes or timed:
+        out.append(
+            "time-budgeted: results depend on the machine (training.max_minutes = "
+            f"{minutes}; {len(timed)} of {len(finished)} jobs stopped by it); budget in "
+            "max_epochs for numbers another machine reproduces"
+        )
+    unsettled = [r.job.label() for r in finished if not r.converged]
+    if unsettled:
+        out.append(
+            f"not converged: {len(unsettled)} of {len(finished)} jobs were stopped by their "
+            f"budget while validation IoU was still rising ({', '.join(unsettled[:4])}"
+            + (", ..." if len(unsettled) > 4 else "")
+            + "); no 'better' verdict involves them; train longer"
+        )
+    return out
 
 
 def _git_revision() -> str | None:
@@ -381,6 +412,7 @@ def _job_record(run: RunDir, result: JobResult) -> JobRecord:
         best_epoch=result.best_epoch,
         best_val_iou=result.best_val_iou,
         stopped_by=result.stopped_by,
+        converged=result.converged,
         weights_loaded=result.weights.model_dump(),
         curves=_curves(run, job.hash),
         evaluations={
@@ -496,6 +528,7 @@ def build_record(run: RunDir | Path) -> EvaluationRecord:
         missing.append("no quality control (set qc.enabled or run `matseg qc fit`)")
     if not explanations:
         missing.append("no explanations (set explain.enabled or run `matseg explain`)")
+    warnings = _budget_warnings(profile, finished)
     return EvaluationRecord(
         run=RunInfo(
             name=plan.profile_name, description=profile.get("description", ""), profile=profile
@@ -507,6 +540,7 @@ def build_record(run: RunDir | Path) -> EvaluationRecord:
         explanations=explanations,
         figures=figures,
         missing=missing,
+        warnings=warnings,
     )
 
 

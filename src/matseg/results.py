@@ -102,6 +102,19 @@ class JobProvenance(_Result):
     threads: int | None = None
 
 
+def converged(stopped_by: str, epochs: int, best_epoch: int) -> bool:
+    """Whether training had settled when it stopped.
+
+    Early stopping means it had (validation IoU stopped improving for ``patience`` epochs). A
+    budget (``max_epochs`` or ``max_minutes``) that stopped it while validation IoU was still
+    rising did not: "still rising" is a best epoch (0-based) among the last quarter of the
+    epochs run, at least the last one.
+    """
+    if stopped_by == "early stopping":
+        return True
+    return best_epoch < epochs - max(1, epochs // 4)
+
+
 class JobResult(_Result):
     """What a finished job wrote as ``metrics.json``; results, the record and QC read it back.
 
@@ -123,6 +136,11 @@ class JobResult(_Result):
     evaluations: dict[str, SplitResult] = Field(default_factory=dict)
     provenance: JobProvenance = Field(default_factory=JobProvenance)
 
+    @property
+    def converged(self) -> bool:
+        """False when a budget stopped training while validation IoU was still rising."""
+        return converged(self.stopped_by, self.epochs, self.best_epoch)
+
 
 COLUMNS = [
     "dataset", "split", "encoder", "decoder", "weights", "seed",
@@ -130,7 +148,7 @@ COLUMNS = [
     "foreground_iou", "foreground_iou_low", "foreground_iou_high",
     "dice", "pixel_accuracy", "weighted_iou", "iou_per_class",
     "baseline_majority_iou", "baseline_all_foreground_iou",
-    "best_val_iou", "epochs", "best_epoch", "stopped_by", "train_seconds",
+    "best_val_iou", "epochs", "best_epoch", "stopped_by", "converged", "train_seconds",
     "parameters", "latency_ms_256", "n_images", "job",
 ]  # fmt: skip
 
@@ -162,6 +180,7 @@ def job_rows(result: JobResult) -> list[dict[str, Any]]:
                 "baseline_all_foreground_iou": all_fg.foreground_iou if all_fg else None,
                 "best_val_iou": result.best_val_iou, "epochs": result.epochs,
                 "best_epoch": result.best_epoch, "stopped_by": result.stopped_by,
+                "converged": result.converged,
                 "train_seconds": result.train_seconds,
                 "parameters": result.parameters,
                 "latency_ms_256": result.latency_ms_256,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,8 +18,11 @@ from matseg.record import (
     QualityRecord,
     RunInfo,
     SplitEvaluation,
+    _budget_warnings,
 )
 from matseg.report.recommend import candidates, paired_test, recommend
+from matseg.report.tables import best_table, grid_table
+from matseg.results import converged
 
 
 def _job(dataset: str, encoder: str, decoder: str, ious: list[float], params: int) -> JobRecord:
@@ -164,3 +168,59 @@ def test_one_combination_is_reported_as_such() -> None:
     d = recommend(_record([_job("d", "a", "unet", [0.5], 1)], [_context("d", "SEM", "Easy")]))
     assert d.datasets[0].verdict == "only one combination"
     assert math.isnan(d.contexts.spread or math.nan)
+
+
+# --- training budgets -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stopped_by", "epochs", "best_epoch", "expected"),
+    [
+        ("early stopping", 30, 29, True),  # patience ran out: settled by definition
+        ("max epochs", 40, 39, False),  # still improving at the last epoch
+        ("max epochs", 40, 30, False),  # best in the last quarter
+        ("max epochs", 40, 29, True),  # ten epochs without a better one
+        ("time budget", 1, 0, False),  # stopped after one epoch
+        ("time budget", 12, 3, True),
+    ],
+)
+def test_converged_means_validation_iou_had_stopped_rising(
+    stopped_by: str, epochs: int, best_epoch: int, expected: bool
+) -> None:
+    assert converged(stopped_by, epochs, best_epoch) is expected
+
+
+def test_no_better_verdict_when_a_side_did_not_converge() -> None:
+    winner = _job("sem", "r50", "unet", list(BASE + 0.10 + RNG.normal(0, 0.01, 20)), 30_000_000)
+    other = _job("sem", "r18", "fpn", list(BASE), 10_000_000)
+    for unsettled in (winner, other):
+        jobs = [j.model_copy(update={"converged": j is not unsettled}) for j in (winner, other)]
+        d = recommend(_record(jobs, [_context("sem", "SEM", "Easy")])).datasets[0]
+        assert d.test is not None and d.test.significant  # the numbers alone would say better
+        assert d.verdict == "inconclusive" and d.recommended.name == "r50 + unet"
+        assert any("not converged" in r and "train longer" in r for r in d.reasons)
+    settled = [j.model_copy(update={"converged": True}) for j in (winner, other)]
+    assert recommend(_record(settled, [_context("sem", "SEM", "Easy")])).datasets[0].verdict == (
+        "better"
+    )
+
+
+def test_every_table_marks_an_unconverged_job() -> None:
+    job = _job("sem", "r50", "unet", list(BASE), 1).model_copy(
+        update={"converged": False, "epochs": 3}
+    )
+    record = _record([job], [_context("sem", "SEM", "Easy")])
+    for table in (grid_table(record), best_table(record)):
+        header, rows = table
+        assert rows[0][header.index("epochs")] == "3 (not converged)"
+
+
+def test_time_budgets_and_unconverged_jobs_are_warned() -> None:
+    job = SimpleNamespace(label=lambda: "sem r50 + unet")
+    timed = SimpleNamespace(stopped_by="time budget", converged=False, job=job)
+    settled = SimpleNamespace(stopped_by="early stopping", converged=True, job=job)
+    warnings = _budget_warnings({"training": {"max_minutes": 2}}, [timed, settled])
+    assert warnings[0].startswith("time-budgeted: results depend on the machine")
+    assert "1 of 2 jobs stopped by it" in warnings[0]
+    assert warnings[1].startswith("not converged: 1 of 2 jobs") and "sem r50 + unet" in warnings[1]
+    assert _budget_warnings({"training": {"max_epochs": 40}}, [settled]) == []

@@ -144,6 +144,8 @@ def render_markdown(record: EvaluationRecord, rec: Recommendation) -> str:
         *[f"- {x}" for x in plain_words(record)],
         "",
     ]
+    for warning in record.warnings:
+        parts.append(f"**{warning}**\n")
     if record.missing:
         parts.append(f"This run lacks: {'; '.join(record.missing)}.\n")
     parts += ["## Recommendation\n", to_markdown(recommendation_table(rec))]

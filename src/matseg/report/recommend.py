@@ -39,6 +39,7 @@ class Candidate:
     per_image: dict[str, float]  # image key -> per-image macro IoU, mean over seeds
     parameters: int
     latency_ms: float | None
+    converged: bool = True  # False: a budget stopped one of its jobs while val IoU still rose
 
     @property
     def name(self) -> str:
@@ -138,6 +139,7 @@ def candidates(record: EvaluationRecord, dataset: str, split: str = "test") -> l
                 per_image={k: float(np.mean(v)) for k, v in per_image.items()},
                 parameters=jobs[0].parameters,
                 latency_ms=float(np.median(latencies)) if latencies else None,
+                converged=all(j.converged is not False for j in jobs),
             )
         )
     return sorted(out, key=lambda c: (-c.iou, c.parameters))
@@ -204,7 +206,17 @@ def recommend_dataset(
     ]
     if test.note:
         reasons.append(test.note)
-    if test.significant:
+    unsettled = [c.name for c in (best, ranking[1]) if not c.converged]
+    if unsettled:
+        # A model stopped while still improving is not that architecture's result: ranking
+        # it either way would compare budgets, not architectures.
+        verdict, pick = "inconclusive", best
+        reasons.append(
+            f"inconclusive: {' and '.join(unsettled)} stopped on its training budget while "
+            f"validation IoU was still rising (not converged); {best.name} is recommended "
+            "provisionally; train longer (more max_epochs) for a verdict"
+        )
+    elif test.significant:
         verdict, pick = "better", best
         reasons.append(f"the difference is significant: {best.name} is recommended")
     elif not test.testable:

@@ -42,6 +42,14 @@ def shown_metrics(profile: dict[str, Any]) -> list[str]:
     return [m for m in OPTIONAL_SCORES if m in asked]
 
 
+NOT_CONVERGED = "not converged"
+
+
+def epochs_cell(epochs: int, converged: bool | None) -> str:
+    """Epochs run, marked when a budget stopped training while validation IoU still rose."""
+    return f"{epochs} ({NOT_CONVERGED})" if converged is False else str(epochs)
+
+
 def grid_table(record: EvaluationRecord) -> Table:
     """The paper's Table 3: every job and evaluated split, with CIs and trivial baselines."""
     extra = shown_metrics(record.run.profile)
@@ -59,8 +67,8 @@ def grid_table(record: EvaluationRecord) -> Table:
                 j.dataset, split, j.encoder, j.decoder, j.weights, j.seed, fmt(ev.macro_iou),
                 _ci(ev, "macro_iou"), fmt(ev.foreground_iou), _ci(ev, "foreground_iou"),
                 *(fmt(getattr(ev, OPTIONAL_SCORES[m][1])) for m in extra), fmt(majority),
-                fmt(all_fg), j.epochs, fmt(j.train_seconds, 0), fmt(j.parameters / 1e6, 2),
-                fmt(j.latency_ms_256, 0),
+                fmt(all_fg), epochs_cell(j.epochs, j.converged), fmt(j.train_seconds, 0),
+                fmt(j.parameters / 1e6, 2), fmt(j.latency_ms_256, 0),
             ])  # fmt: skip
     return header, rows
 
@@ -68,7 +76,7 @@ def grid_table(record: EvaluationRecord) -> Table:
 def best_table(record: EvaluationRecord) -> Table:
     """The paper's Table 2: per dataset, the job with the best VALIDATION IoU, its test scores."""
     header = ["dataset", "modality", "encoder", "decoder", "weights", "seed", "val IoU",
-              "test macro IoU", "95% CI", "majority IoU"]  # fmt: skip
+              "test macro IoU", "95% CI", "majority IoU", "epochs"]  # fmt: skip
     rows = []
     for d in record.datasets:
         jobs = [j for j in record.jobs if j.dataset == d.name and "test" in j.evaluations]
@@ -78,7 +86,8 @@ def best_table(record: EvaluationRecord) -> Table:
         ev = j.evaluations["test"]
         rows.append([d.name, d.modality, j.encoder, j.decoder, j.weights, j.seed,
                      fmt(j.best_val_iou), fmt(ev.macro_iou), _ci(ev, "macro_iou"),
-                     fmt(ev.baselines.get("majority class", {}).get("macro_iou"))])  # fmt: skip
+                     fmt(ev.baselines.get("majority class", {}).get("macro_iou")),
+                     epochs_cell(j.epochs, j.converged)])  # fmt: skip
     return header, rows
 
 

@@ -212,8 +212,10 @@ def recommend_dataset(
         # it either way would compare budgets, not architectures.
         verdict, pick = "inconclusive", best
         reasons.append(
-            f"inconclusive: {' and '.join(unsettled)} stopped on its training budget while "
-            f"validation IoU was still rising (not converged); {best.name} is recommended "
+            f"inconclusive: {' and '.join(unsettled)} "
+            + ("was" if len(unsettled) == 1 else "were")
+            + " stopped by the training budget while validation IoU was still rising (not "
+            f"converged); {best.name} is recommended "
             "provisionally; train longer (more max_epochs) for a verdict"
         )
     elif test.significant:

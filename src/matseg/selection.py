@@ -52,11 +52,11 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def _wilcoxon_greater(x: np.ndarray) -> float:
-    """One-sided signed-rank p-value that ``x`` is centred above 0 (1 when all are 0)."""
+def _signed_rank(x: np.ndarray, alternative: str = "two-sided") -> float:
+    """Wilcoxon signed-rank p-value of ``x`` against 0 (1 when every value is 0)."""
     if not np.any(x != 0):
         return 1.0
-    return float(stats.wilcoxon(x, zero_method="wilcox", alternative="greater").pvalue)
+    return float(stats.wilcoxon(x, zero_method="wilcox", alternative=alternative).pvalue)
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,6 @@ def _check_scores(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _two_sided(diff: np.ndarray) -> float:
-    if not np.any(diff != 0):
-        return 1.0
-    return float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
-
-
 def compare_to_best(
     scores: Mapping[str, np.ndarray],
     margin: float = TIE_MARGIN,
@@ -108,8 +102,8 @@ def compare_to_best(
     names = sorted(arrays, key=lambda name: -arrays[name].mean())
     best = names[0]
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
-    p_pairs = dict(zip(pairs, holm([_two_sided(arrays[a] - arrays[b]) for a, b in pairs]),
-                       strict=True))  # fmt: skip
+    p_raw = [_signed_rank(arrays[a] - arrays[b]) for a, b in pairs]
+    p_pairs = {pair: (p, p_h) for pair, p, p_h in zip(pairs, p_raw, holm(p_raw), strict=True)}
     rng = np.random.default_rng(seed)
     n = len(arrays[best])
     resample = rng.integers(0, n, size=(n_boot, n))
@@ -117,18 +111,18 @@ def compare_to_best(
     for other in names[1:]:
         diff = arrays[best] - arrays[other]
         lo, hi = np.percentile(diff[resample].mean(axis=1), [50 * alpha, 100 - 50 * alpha])
-        p_eq = max(_wilcoxon_greater(diff + margin), _wilcoxon_greater(margin - diff))
+        p_eq = max(_signed_rank(diff + margin, "greater"), _signed_rank(margin - diff, "greater"))
         raw.append((other, diff, (float(lo), float(hi)), p_eq))
     p_eq_holm = holm([r[3] for r in raw])
     out = []
     for (other, diff, ci, p_eq), p_eq_h in zip(raw, p_eq_holm, strict=True):
-        p_h = float(p_pairs[(best, other)])
+        p, p_h = (float(v) for v in p_pairs[(best, other)])
         verdict: Verdict = "undecided"
         if p_h < alpha and diff.mean() > 0 and ci[0] > 0:
             verdict = "better"
         elif p_eq_h < alpha:
             verdict = "equivalent"
-        out.append(Comparison(best, other, n, float(diff.mean()), ci, _two_sided(diff), p_h,
+        out.append(Comparison(best, other, n, float(diff.mean()), ci, p, p_h,
                               p_eq, float(p_eq_h), verdict))  # fmt: skip
     return out
 

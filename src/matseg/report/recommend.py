@@ -23,8 +23,7 @@ import numpy as np
 from scipy import stats
 
 from matseg.record import EvaluationRecord, JobRecord
-
-ALPHA = 0.05
+from matseg.selection import ALPHA
 
 
 @dataclass

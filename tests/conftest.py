@@ -148,6 +148,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "datasets": ["data/dataset.json"],
         "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
         "training": {"batch_size": 4, "max_epochs": 2, "patch_size": 64},
+        "evaluation": {"protocol": "holdout"},
         "qc": TINY_QC,
     }
     (root / "profile.json").write_text(json.dumps(profile))

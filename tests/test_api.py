@@ -61,6 +61,7 @@ def test_explain_enabled_and_task_metrics_take_effect(tmp_path: Path) -> None:
         "name": "p", "datasets": ["data/dataset.json"], "task": {"metrics": ["iou", "dice"]},
         "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
         "training": {"batch_size": 4, "max_epochs": 1, "patch_size": 64},
+        "evaluation": {"protocol": "holdout"},
         "explain": {"enabled": True, "roi": "16,16,48,48", "window": 16, "stride": 16},
     }))  # fmt: skip
     run = matseg.run(load_profile(tmp_path / "p.json"), tmp_path / "runs", progress_bar=False)

@@ -134,6 +134,7 @@ def _profile(folder: Path, data: Path) -> Path:
         "name": "p", "datasets": [str(data / "dataset.json")],
         "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
         "training": {"patch_size": 32},
+        "evaluation": {"protocol": "holdout"},
     }))  # fmt: skip
     return path
 

@@ -43,6 +43,7 @@ def _profile(tmp_path: Path, **training: object) -> Path:
             "patch_size": 64,
             **training,
         },
+        "evaluation": {"protocol": "holdout"},
     }
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(profile))
@@ -73,7 +74,8 @@ def test_run_writes_the_run_folder_and_is_repeatable(tmp_path: Path) -> None:
         assert set(test["baselines"]) == {"majority class", "all foreground"}
         assert len(list((job_dir / "predictions" / "test").glob("*.png"))) == test["n_images"]
         assert metrics["weights"]["source"] == "none"
-        assert "val" not in metrics["evaluations"] and "train" not in metrics["evaluations"]
+        # holdout: val is evaluated (the decision's evidence), train never
+        assert "val" in metrics["evaluations"] and "train" not in metrics["evaluations"]
     # the same profile and seed give identical test metrics on CPU
     assert _metric_rows(folder) == _metric_rows(second.path)
     # resuming trains nothing

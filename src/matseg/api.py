@@ -25,6 +25,7 @@ from matseg.rundir import OUTPUT_QC_FILE, QC_FILE, RunDir
 if TYPE_CHECKING:
     import torch
 
+    from matseg.decision import DatasetDecision
     from matseg.qc.quality import TypicalityQC
     from matseg.record import EvaluationRecord
     from matseg.trained import TrainedJob
@@ -156,9 +157,20 @@ class Run:
         """Table 3: one row per finished job and evaluated split (as results.csv)."""
         return Rows(results_rows([j.result for j in self.jobs]))
 
+    def decisions(self) -> list[DatasetDecision]:
+        """Per dataset: the ranking on out-of-fold (or validation) evidence, the paired tests,
+        the verdict and the recommended combination (:mod:`matseg.decision`)."""
+        from matseg.decision import decide_run
+
+        return decide_run(self.folder, [j.result for j in self.jobs])
+
     def best_results(self) -> Rows:
-        """Table 2: per dataset, the test row of the job with the best validation IoU."""
-        return Rows(best_rows(self.results))
+        """Table 2: per dataset, the recommended combination's job with the best validation
+        IoU (its test row; its out-of-fold row under cross-validation)."""
+        from matseg.decision import recommended_combinations
+
+        rows = results_rows([j.result for j in self.jobs])
+        return Rows(best_rows(rows, recommended_combinations(self.decisions())))
 
     def job(self, prefix: str) -> FinishedJob:
         """The finished job whose hash starts with ``prefix``."""
@@ -171,8 +183,9 @@ class Run:
         return matches[0]
 
     def best(self, dataset: str | None = None) -> FinishedJob:
-        """The finished job with the best VALIDATION IoU (of ``dataset``; the test split never
-        chooses). Without ``dataset`` the run must have one dataset."""
+        """The recommended combination's finished job with the best VALIDATION IoU (of
+        ``dataset``; the test split never chooses; any job when nothing is recommended).
+        Without ``dataset`` the run must have one dataset."""
         jobs = self.jobs
         if dataset is None:
             names = sorted({j.job.dataset for j in jobs})
@@ -183,6 +196,11 @@ class Run:
         if not chosen:
             raise SpecError(f"run {self.name}", f"a finished job of dataset {dataset!r}",
                             f"datasets {', '.join(self.datasets)}")  # fmt: skip
+        from matseg.decision import recommended_combinations
+
+        picks = recommended_combinations(self.decisions())
+        recommended = [j for j in chosen if j.job.combination[1:] == picks.get(j.job.dataset)]
+        chosen = recommended or chosen
 
         def val(j: FinishedJob) -> float:
             return -1.0 if j.result.best_val_iou is None else j.result.best_val_iou

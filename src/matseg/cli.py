@@ -372,7 +372,8 @@ def _results_table(
     for r in rows:
         ci = f"{f(r['macro_iou'])} [{f(r['macro_iou_low'])}, {f(r['macro_iou_high'])}]"
         table.add_row(
-            r["dataset"], r["split"], f"{r['encoder']} + {r['decoder']}", ci,
+            r["dataset"], f"{r['split']} {r.get('fold') or ''}".strip(),
+            f"{r['encoder']} + {r['decoder']}", ci,
             f(r["foreground_iou"]), *(f(r[SCORES[m][1]]) for m in extra),
             f(r["baseline_majority_iou"]), f(r["baseline_all_foreground_iou"]),
             epochs_cell(r["epochs"], r.get("converged")), f"{r['train_seconds']:.0f} s",
@@ -392,11 +393,11 @@ def _run_and_report(profile: Any, out_dir: Path, resume: bool, **executor: Any) 
             say=lambda m: err.print(m, highlight=False),
             **executor,
         )
+    from matseg.report.recommend import recommend
+
     metrics = list(profile.task.metrics)
     out.print(_results_table(done.results, "results (Table 3)", metrics))
-    out.print(
-        _results_table(done.best_results(), "best per dataset by validation IoU (Table 2)", metrics)
-    )
+    _print_recommendation(recommend(done.record))
     best = [done.job(h) for h in dict.fromkeys(row["job"] for row in done.best_results())]
     for quality in done.quality(best):
         _print_qc_result(
@@ -666,10 +667,14 @@ def _print_explanation(result: dict[str, Any]) -> None:
 
 
 def _print_recommendation(rec: Any) -> None:
+    from matseg.report import gap_words
+
     for d in rec.datasets:
-        out.print(f"[bold]{d.dataset}[/]: use {d.recommended.name} ({d.verdict})", highlight=False)
-        for reason in d.reasons:
-            out.print(f"  - {reason}", highlight=False)
+        out.print(f"[bold]{d.dataset}[/]: use {d.use} ({d.verdict})", highlight=False)
+        out.print(f"  protocol: {d.protocol}", highlight=False)
+        for reason in [*d.reasons, d.test_estimate, gap_words(d), d.ensemble_note]:
+            if reason:
+                out.print(f"  - {reason}", highlight=False)
     out.print(f"across contexts: {rec.contexts.summary}", highlight=False)
     for f in rec.feedback:
         state = "ready" if f.ready else "[red]NOT READY[/]"

@@ -1,9 +1,14 @@
-"""One job, start to finish: data, model, training, ONE test evaluation, files in its folder.
+"""One job, start to finish: data, model, training, its ONE evaluation, files in its folder.
 
 The dataset is inspected once per run (:func:`prepare_dataset`, once per worker process at
-most) and shared by the jobs on it. A job writes, through the run folder, its weights, curves,
-predicted masks, a figure of sample predictions (drawn while the predictions are in memory) and,
-last, ``metrics.json`` (:class:`~matseg.results.JobResult`), whose presence means it finished.
+most) and shared by the jobs on it. A holdout job trains on the train split, stops early on val
+and evaluates val (the evidence the recommendation compares), the test split and shift sets. A
+cross-validation job (one fold) trains on the fold's training part, stops early on its inner
+validation part and evaluates only its held-out part (``oof``): the test split and shift sets
+are scored once at the end, by the fold ensembles (:mod:`matseg.ensemble`). A job writes,
+through the run folder, its weights, curves, predicted masks, a figure of sample predictions
+(drawn while the predictions are in memory) and, last, ``metrics.json``
+(:class:`~matseg.results.JobResult`), whose presence means it finished.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +27,46 @@ from matseg import __version__, metrics
 from matseg.atomic import finite_or_none, write_bytes
 from matseg.datasets.check import Inspection
 from matseg.datasets.dataset import MicrographDataset
+from matseg.datasets.discover import Item
 from matseg.datasets.fingerprint import fingerprint
+from matseg.datasets.folds import Fold, cross_validation_folds
 from matseg.datasets.load import usable_inspection
 from matseg.datasets.spec import DatasetSpec
 from matseg.errors import DataError
 from matseg.models import build_model, save_weights
-from matseg.plan import Job
+from matseg.plan import CvFold, Job
 from matseg.plots import sample_predictions_png
-from matseg.results import ImageRef, JobProvenance, JobResult, Scores, SplitResult, WeightsLoaded
+from matseg.profile import Training
+from matseg.results import (
+    FoldImages,
+    ImageRef,
+    JobProvenance,
+    JobResult,
+    Scores,
+    SplitResult,
+    WeightsLoaded,
+)
 from matseg.rundir import DatasetFacts, RunDir
 from matseg.training import FitResult, fit, predict, process_rank, uses_channels_last
 
 log = logging.getLogger(__name__)
 
-SAMPLE_IMAGES = 3  # test images in a job's sample-predictions figure
+SAMPLE_IMAGES = 3  # images in a job's sample-predictions figure
+SAMPLE_SPLITS = ("test", "oof")  # the splits it is drawn from
+
+
+OOF = "oof"  # the split name of a fold's held-out (out-of-fold) evaluation
+
+
+@dataclass(frozen=True)
+class JobData:
+    """What one job trains on, stops early on, and evaluates (split name -> images)."""
+
+    train: MicrographDataset
+    val: MicrographDataset
+    evaluate: dict[str, MicrographDataset]
+    train_frequencies: np.ndarray
+    fold: Fold | None = None
 
 
 @dataclass
@@ -46,10 +78,64 @@ class PreparedData:
     in_channels: int
     train_frequencies: np.ndarray
     dataset: MicrographDataset  # every split, built once per run and shared by the jobs
+    _folds: dict[tuple[int, int, int, str, float], list[Fold]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def spec(self) -> DatasetSpec:
         return self.inspection.spec
+
+    def frequencies(self, keys: Iterable[str]) -> np.ndarray:
+        """Pixel share of each class over the images ``keys`` (the majority baseline's input)."""
+        counts = np.zeros(len(self.classes))
+        for key in keys:
+            for cls, n in (self.inspection.stats[key].class_counts or {}).items():
+                if 0 <= cls < len(self.classes):
+                    counts[cls] += n
+        return counts / max(counts.sum(), 1)
+
+    def development_items(self, test: str = "keep") -> list[Item]:
+        """The images cross-validation folds: train + val, and test too when ``test='none'``."""
+        splits = self.inspection.split.splits
+        names = ("train", "val", "test") if test == "none" else ("train", "val")
+        return [item for name in names for item in splits.get(name, [])]
+
+    def folds(self, cv: CvFold) -> list[Fold]:
+        """Every fold of the cross-validation ``cv`` belongs to (drawn once per dataset)."""
+        key = (cv.folds, cv.repeats, cv.seed, cv.test, cv.inner_val)
+        if key not in self._folds:
+            items = self.development_items(cv.test)
+            stats = self.inspection.stats
+            presence = {
+                i.key: frozenset(c for c, n in (stats[i.key].class_counts or {}).items() if n)
+                for i in items
+            }
+            self._folds[key] = cross_validation_folds(
+                items, cv.folds, cv.repeats, cv.seed, presence, cv.inner_val
+            )
+        return self._folds[key]
+
+    def for_job(self, job: Job) -> JobData:
+        """The job's parts: the spec's splits (holdout), or its fold's (cross-validation)."""
+        splits = self.inspection.split.splits
+        if job.fold is None:
+            evaluate = [s for s in splits if s != "train" and splits[s]]
+            return JobData(
+                train=self.dataset.split("train"),
+                val=self.dataset.split("val"),
+                evaluate={s: self.dataset.split(s) for s in sorted(evaluate)},
+                train_frequencies=self.train_frequencies,
+            )
+        folds = self.folds(job.fold)
+        fold = folds[job.fold.repeat * job.fold.folds + job.fold.index]
+        return JobData(
+            train=self.dataset.subset(fold.train, "train"),
+            val=self.dataset.subset(fold.inner_val, "val"),
+            evaluate={OOF: self.dataset.subset(fold.held_out, OOF)},
+            train_frequencies=self.frequencies(fold.train),
+            fold=fold,
+        )
 
     def facts(self) -> DatasetFacts:
         """What ``fingerprint.json`` keeps of this dataset for the record."""
@@ -84,13 +170,9 @@ def prepare_dataset(
     train_keys = [i.key for i in ins.split.splits.get("train", [])]
     if not train_keys or not ins.split.splits.get("val"):
         raise DataError(name, "non-empty train and val splits", f"{rep.splits}")
-    counts = np.zeros(len(classes))
-    for key in train_keys:
-        for cls, n in (ins.stats[key].class_counts or {}).items():
-            if 0 <= cls < len(classes):
-                counts[cls] += n
-    frequencies = counts / max(counts.sum(), 1)
-    return PreparedData(ins, classes, channels.pop(), frequencies, ins.dataset(cache_dir))
+    data = PreparedData(ins, classes, channels.pop(), np.zeros(0), ins.dataset(cache_dir))
+    data.train_frequencies = data.frequencies(train_keys)
+    return data
 
 
 def prepare_for_job(job: Job, run: RunDir) -> PreparedData:
@@ -111,22 +193,28 @@ def _latency_ms(model: torch.nn.Module, in_channels: int, size: int = 256) -> fl
     return 1000 * float(np.median(times))
 
 
+MaskWriter = Callable[[str, str, np.ndarray], object]  # (split, image key, class ids)
+
+
 def evaluate_split(
     model: torch.nn.Module,
-    data: PreparedData,
+    dataset: MicrographDataset,
     split: str,
-    job: Job,
-    run: RunDir,
-    channels_last: bool,
+    training: Training,
+    seed: int,
+    train_frequencies: np.ndarray,
+    save_mask: MaskWriter | None = None,
+    figure: Path | None = None,
 ) -> SplitResult:
-    """Predict a split once, write the masks, and score them (with baselines on the same images).
-
-    On the test split a figure of the first few predictions is drawn while they are in memory.
-    """
-    dataset = data.dataset.split(split)
-    spec = data.spec
-    k = len(data.classes)
-    results = predict(model, dataset, job.training.precision, channels_last, job.training.tta)
+    """Predict a split once and score it (with baselines on the same images, the majority class
+    taken from ``train_frequencies``, what the model trained on); ``save_mask`` keeps each
+    predicted mask, and ``figure`` (test or out-of-fold splits) gets a figure of the first few
+    predictions, drawn while they are in memory."""
+    spec = dataset.spec
+    classes = dataset.classes
+    k = len(classes)
+    channels_last = uses_channels_last(training)
+    results = predict(model, dataset, training.precision, channels_last, training.tta)
     confusions = np.zeros((len(results), k, k), dtype=np.int64)
     counts = np.zeros((len(results), k), dtype=np.int64)
     images = []
@@ -135,14 +223,15 @@ def evaluate_split(
         assert sample.mask is not None
         confusions[n] = metrics.confusion_matrix(pred, sample.mask, k, spec.ignore_index)
         counts[n] = confusions[n].sum(axis=1)
-        run.write_prediction(job.hash, split, sample.meta.key, pred)
+        if save_mask is not None:
+            save_mask(split, sample.meta.key, pred)
         images.append(ImageRef(key=sample.meta.key, source=sample.meta.source))
-        if split == "test" and len(samples) < SAMPLE_IMAGES:
+        if figure is not None and split in SAMPLE_SPLITS and len(samples) < SAMPLE_IMAGES:
             samples.append((sample.meta.key, sample.image, sample.mask, pred))
-    if samples:
-        write_bytes(run.sample_figure(job.hash), sample_predictions_png(samples, spec.ignore_index))
-    scores = metrics.score_images(confusions, data.classes, data.train_frequencies, seed=job.seed)
-    base = metrics.baselines(counts, data.train_frequencies, data.classes)
+    if samples and figure is not None:
+        write_bytes(figure, sample_predictions_png(samples, spec.ignore_index))
+    scores = metrics.score_images(confusions, classes, train_frequencies, seed=seed)
+    base = metrics.baselines(counts, train_frequencies, classes)
     return SplitResult(
         n_images=len(results),
         images=images,
@@ -153,13 +242,14 @@ def evaluate_split(
 
 
 def draw_samples(run: RunDir, result: JobResult, data: PreparedData) -> Path | None:
-    """The sample-predictions figure of a finished job, from its saved test predictions (what
-    :func:`evaluate_split` draws in memory); None without a test split."""
-    test = result.evaluations.get("test")
-    if test is None:
+    """The sample-predictions figure of a finished job, from its saved test (or out-of-fold)
+    predictions (what :func:`evaluate_split` draws in memory); None without either."""
+    name = next((s for s in SAMPLE_SPLITS if s in result.evaluations), None)
+    if name is None:
         return None
+    test = result.evaluations[name]
     wanted = [i.key for i in test.images[:SAMPLE_IMAGES]]
-    split = data.dataset.split("test")
+    split = data.dataset.subset(wanted, name)
     samples = {}
     for i in range(len(split)):
         sample = split[i]
@@ -170,7 +260,7 @@ def draw_samples(run: RunDir, result: JobResult, data: PreparedData) -> Path | N
             key,
             samples[key].image,
             samples[key].mask,
-            run.read_prediction(result.job.hash, "test", key),
+            run.read_prediction(result.job.hash, name, key),
         )
         for key in wanted
         if key in samples and samples[key].mask is not None
@@ -208,19 +298,19 @@ class _JobLog:
 
 
 def _train(
-    job: Job, data: PreparedData, folder: Path, progress_bar: bool
+    job: Job, data: PreparedData, parts: JobData, folder: Path, progress_bar: bool
 ) -> tuple[FitResult, WeightsLoaded]:
-    """The job's model, seeded and built, trained on its train split; and its weights' source."""
+    """The job's model, seeded and built, trained on its training part; and its weights'
+    source."""
     torch.manual_seed(job.seed)  # random initialisation is part of the seeded protocol
     model, weights = build_model(
         job.encoder, job.decoder, data.in_channels, len(data.classes), job.weights, job.weights_url
     )
     log.info("weights: %s", weights)
-    train, val = data.dataset.split("train"), data.dataset.split("val")
     fitted = fit(
         model,
-        train,
-        val,
+        parts.train,
+        parts.val,
         len(data.classes),
         job.training,
         job.seed,
@@ -240,12 +330,19 @@ def run_job(
     processes other than rank 0 train in step with it and write nothing (they return None).
     """
     folder = run.job_dir(job.hash)
+    parts = data.for_job(job)
     if process_rank() != 0:
-        _train(job, data, folder, progress_bar=False)
+        _train(job, data, parts, folder, progress_bar=False)
         return None
     with _JobLog(run.job_log(job.hash)) as logger:
         logger.info("job %s: %s", job.hash, job.label())
-        fitted, weights = _train(job, data, folder, progress_bar)
+        if parts.fold is not None:
+            logger.info(
+                "fold %s: %d training, %d inner validation, %d held-out images",
+                parts.fold.name, len(parts.fold.train), len(parts.fold.inner_val),
+                len(parts.fold.held_out),
+            )  # fmt: skip
+        fitted, weights = _train(job, data, parts, folder, progress_bar)
         logger.info(
             "trained %d epochs in %.1f s (%s); best val IoU %.4f at epoch %d",
             fitted.epochs_run,
@@ -256,13 +353,14 @@ def run_job(
         )
         save_weights(fitted.model, run.weights_file(job.hash))
         run.write_curves(job.hash, fitted.history)
-        channels_last = uses_channels_last(job.training)
-        splits = data.inspection.split.splits
         evaluations = {
-            split: evaluate_split(fitted.model, data, split, job, run, channels_last)
-            for split in splits
-            if split not in ("train", "val") and splits[split]
-        }
+            split: evaluate_split(
+                fitted.model, dataset, split, job.training, job.seed, parts.train_frequencies,
+                lambda split, key, mask: run.write_prediction(job.hash, split, key, mask),
+                run.sample_figure(job.hash),
+            )
+            for split, dataset in parts.evaluate.items()
+        }  # fmt: skip
         result = JobResult(
             job=job,
             classes=data.classes,
@@ -275,7 +373,8 @@ def run_job(
             best_val_iou=fitted.best_val_iou,
             stopped_by=fitted.stopped_by,
             train_seconds=fitted.seconds,
-            train_class_frequencies=data.train_frequencies.tolist(),
+            train_class_frequencies=parts.train_frequencies.tolist(),
+            fold=None if parts.fold is None else FoldImages.of(parts.fold),
             evaluations=evaluations,
             provenance=JobProvenance(
                 matseg=__version__,
@@ -286,6 +385,6 @@ def run_job(
                 threads=torch.get_num_threads(),
             ),
         )
-        logger.info("test: %s", {s: e.scores.macro_iou for s, e in evaluations.items()})
+        logger.info("macro IoU: %s", {s: e.scores.macro_iou for s, e in evaluations.items()})
     run.write_result(result)
     return result

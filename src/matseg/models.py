@@ -16,7 +16,7 @@ import os
 import pickle
 import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
@@ -466,6 +466,29 @@ def load_trained_model(
     model, _ = build_model(encoder, decoder, channels, classes)
     load_weights(model, path)
     return model.eval()
+
+
+class FoldEnsemble(nn.Module):
+    """The fold models of one combination as one model: the mean of their class probabilities.
+
+    ``forward`` returns the log of that mean, so anything that takes the softmax of a model's
+    output (prediction, test-time augmentation, explanations, export) gets the mean
+    probabilities exactly, and the argmax is the ensemble's vote.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a fold ensemble needs at least one model")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for member in self.members:
+            prob = member(x).float().softmax(dim=1)
+            total = prob if total is None else total + prob
+        assert total is not None
+        return (total / len(self.members)).clamp_min(1e-12).log()
 
 
 # --- providers ---------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""A whole run: plan, inspect, execute, results, select, QC, explain, record, report.
+"""A whole run: plan, inspect, execute, select, test, QC, explain, record, report.
 
 ``run(profile, out)`` is what ``matseg run`` and ``matseg demo`` call, and what a notebook calls.
 Each dataset is inspected once, at the start (its fingerprint written before any training, as
 nnU-Net writes its fingerprint before planning), and the prepared data is handed to the
-executor, quality control and explanations, so no stage reads the data again. A finished job
+executor, the fold ensembles, quality control and explanations, so no stage reads the data
+again. The decision (:mod:`matseg.decision`) is made on out-of-fold (or validation) evidence
+before the test split is scored by the fold ensembles; quality control and explanations then
+work on the recommended combination's best fold model (by validation IoU). A finished job
 (its metrics.json reads back) is never redone; a run killed at any moment resumes with
 ``resume=True`` and loses nothing that had finished.
 """
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from matseg.api import Run
+from matseg.decision import decide, recommended_combinations
 from matseg.errors import SpecError
 from matseg.execution.local import run_sequentially
 from matseg.job import PreparedData, prepare_dataset, run_job
@@ -125,9 +129,16 @@ def run(
         )  # fmt: skip
         if progress is not None:
             progress("done", len(plan.jobs), len(plan.jobs))
-        rows = results_rows(folder.results(plan))
-        folder.write_tables(rows)
-        best = {row["job"]: row["dataset"] for row in best_rows(rows)}
+        results = folder.results(plan)
+        decisions = decide(results, profile.evaluation.tie_margin)
+        if any(r.job.fold is not None for r in results):
+            from matseg.ensemble import score_ensembles
+
+            score_ensembles(folder, results, prepared, say)
+        chosen = recommended_combinations(decisions)
+        rows = results_rows(results)
+        folder.write_tables(rows, chosen)
+        best = {row["job"]: row["dataset"] for row in best_rows(rows, chosen)}
         if profile.qc.enabled:  # quality control of the best job per dataset (kept on --resume)
             from matseg.qc.pipeline import quality_control_for_run  # scikit-learn when asked
 

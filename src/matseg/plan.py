@@ -1,4 +1,5 @@
-"""The plan: a profile compiled, deterministically, into jobs (dataset x encoder x decoder x seed).
+"""The plan: a profile compiled, deterministically, into jobs (dataset x encoder x decoder x seed,
+and x fold under cross-validation).
 
 Each job carries everything that decides its result (the dataset spec as data with a digest of
 its files, the model, the weights, the training protocol, the seed) and a content hash of exactly
@@ -19,7 +20,33 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from matseg.datasets.digest import data_digest
 from matseg.datasets.spec import DatasetSpec
 from matseg.models import normalise_decoder
-from matseg.profile import Profile, Training, resolve_datasets
+from matseg.profile import Evaluation, Profile, Training, resolve_datasets
+
+INNER_VALIDATION = 0.15  # share of a fold's training images kept for early stopping
+
+
+class CvFold(BaseModel):
+    """Which fold of which cross-validation a job trains: what decides the fold's images.
+
+    The images themselves are drawn when the job runs, from the inspected data
+    (:func:`matseg.datasets.folds.cross_validation_folds` with these settings), the same for
+    every combination, so out-of-fold predictions of all combinations pair up image by image.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    folds: int
+    index: int
+    repeat: int = 0
+    repeats: int = 1  # how many repeats the plan has (not hashed: fold r of a repeat is the same)
+    seed: int = 0
+    test: str = "keep"  # "none": the spec's test images are development images too
+    inner_val: float = INNER_VALIDATION
+
+    @property
+    def name(self) -> str:
+        """``r0f3``: repeat 0, fold 3, as :class:`matseg.datasets.folds.Fold` names it."""
+        return f"r{self.repeat}f{self.index}"
 
 
 class Job(BaseModel):
@@ -40,6 +67,7 @@ class Job(BaseModel):
     )
     training: Training  # the profile's protocol, with ``seeds`` = [this job's seed]
     classes: list[str] | None
+    fold: CvFold | None = Field(default=None, description="None: the holdout protocol")
 
     @model_validator(mode="before")
     @classmethod
@@ -52,7 +80,13 @@ class Job(BaseModel):
         return data
 
     def label(self) -> str:
-        return f"{self.dataset} / {self.encoder} + {self.decoder} / seed {self.seed}"
+        fold = f" / fold {self.fold.name}" if self.fold is not None else ""
+        return f"{self.dataset} / {self.encoder} + {self.decoder} / seed {self.seed}{fold}"
+
+    @property
+    def combination(self) -> tuple[str, str, str, str]:
+        """(dataset, encoder, decoder, weights): what the recommendation chooses between."""
+        return (self.dataset, self.encoder, self.decoder, self.weights)
 
 
 class Plan(BaseModel):
@@ -102,8 +136,9 @@ def training_identity(training: Training | dict[str, Any]) -> dict[str, Any]:
 
 def job_identity(job: Job) -> dict[str, Any]:
     """What decides a job's result, as hashed: the spec's content without its root, the data's
-    digest, model, weights, protocol, seed and classes; never where the data is mounted."""
-    return {
+    digest, model, weights, protocol, seed, classes and fold; never where the data is mounted.
+    A holdout job has no fold key, so its hash is what it was before folds existed."""
+    identity = {
         "spec": job.spec.model_dump(mode="json", exclude={"root"}),
         "data": job.data_digest,
         "encoder": job.encoder,
@@ -114,12 +149,28 @@ def job_identity(job: Job) -> dict[str, Any]:
         "training": training_identity(job.training),
         "classes": job.classes,
     }
+    if job.fold is not None:
+        identity["fold"] = job.fold.model_dump(exclude={"repeats"})
+    return identity
+
+
+def plan_folds(evaluation: Evaluation) -> list[CvFold | None]:
+    """The folds every combination trains: ``[None]`` (one job) under the holdout protocol."""
+    if evaluation.protocol == "holdout":
+        return [None]
+    e = evaluation
+    return [
+        CvFold(folds=e.folds, index=i, repeat=r, repeats=e.repeats, seed=e.seed, test=e.test)
+        for r in range(e.repeats)
+        for i in range(e.folds)
+    ]
 
 
 def compile_plan(
     profile: Profile, specs: list[DatasetSpec] | None = None, digest_cache: Path | None = None
 ) -> Plan:
-    """Profile -> plan; the order is datasets, then encoders, decoders, seeds as written.
+    """Profile -> plan; the order is datasets, then encoders, decoders, seeds as written, then
+    folds (repeat by repeat).
 
     Each dataset's files are digested once (content hashes cached in ``digest_cache``, default
     the matseg cache folder), so the hashes follow the data, not its mount point.
@@ -129,8 +180,11 @@ def compile_plan(
     for spec in specs:
         absolute = spec_with_absolute_root(spec)
         digest = data_digest(spec, digest_cache)
-        for encoder, decoder, seed in product(
-            profile.model.encoders, profile.model.decoders, profile.training.seeds
+        for encoder, decoder, seed, fold in product(
+            profile.model.encoders,
+            profile.model.decoders,
+            profile.training.seeds,
+            plan_folds(profile.evaluation),
         ):
             job = Job(
                 hash="",
@@ -144,6 +198,7 @@ def compile_plan(
                 data_digest=digest,
                 training=profile.training.model_copy(update={"seeds": [seed]}),
                 classes=profile.task.classes,
+                fold=fold,
             )
             jobs.append(job.model_copy(update={"hash": content_hash(job_identity(job))}))
     dumped = profile.model_dump(mode="json")

@@ -23,6 +23,7 @@ from pydantic import (
 
 from matseg.datasets.spec import DatasetSpec, load_spec, spec_from_dict
 from matseg.errors import SpecError, read_json
+from matseg.selection import TIE_MARGIN
 
 Difficulty = Literal["Easy", "Moderate", "Hard", "Very Hard"]
 Loss = Literal["ce", "dice", "ce+dice"]
@@ -209,6 +210,39 @@ class Explain(_Block):
     precision: Precision = "32"
 
 
+class Evaluation(_Block):
+    """How combinations are compared and which one is recommended.
+
+    ``protocol``: ``cv`` (k-fold cross-validation of the development set, train + val of the
+    spec's split: every development image is predicted once by a model that never saw it, and
+    the decision uses those out-of-fold scores) or ``holdout`` (one model per combination
+    trained on train, early-stopped and compared on val). ``folds`` and ``repeats`` (repeated
+    cross-validation, folds reshuffled) apply to ``cv``; ``seed`` draws the folds. ``test``:
+    ``keep`` leaves the spec's test split untouched until the end, when it is scored once;
+    ``none`` puts every labelled image into cross-validation (tiny datasets; no untouched
+    estimate then exists, and the report says so). ``tie_margin``: two combinations closer
+    than this (macro IoU) are called equivalent when a test proves them so.
+    """
+
+    protocol: Literal["cv", "holdout"] = "cv"
+    folds: int = Field(default=5, ge=2, le=20)
+    repeats: int = Field(default=1, ge=1, le=20)
+    seed: int = Field(default=0, ge=0)
+    test: Literal["keep", "none"] = "keep"
+    tie_margin: float = Field(default=TIE_MARGIN, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _cv_fields_need_cv(self) -> Evaluation:
+        """Fold settings under the holdout protocol would be accepted and ignored: refuse them."""
+        if self.protocol == "holdout":
+            given = sorted({"folds", "repeats", "seed"} & self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to protocol 'cv', not 'holdout'")
+            if self.test == "none":
+                raise ValueError("test 'none' needs protocol 'cv' (holdout compares on val)")
+        return self
+
+
 class Profile(_Block):
     """One benchmark: datasets x encoders x decoders x seeds under one protocol."""
 
@@ -222,6 +256,7 @@ class Profile(_Block):
     training: Training = Field(default_factory=Training)
     qc: QualityControl = Field(default_factory=QualityControl)
     explain: Explain = Field(default_factory=Explain)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
 
     # The folder of the profile file: relative dataset paths are taken from it (not JSON).
     _base_dir: Path | None = PrivateAttr(default=None)

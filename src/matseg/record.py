@@ -16,6 +16,8 @@ import importlib.metadata
 import json
 import platform
 import subprocess
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,9 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matseg import __version__
 from matseg.atomic import finite_or_none, write_bytes, write_json
+from matseg.decision import (
+    DatasetDecision,
+    combination_name,
+    decide_run,
+    recommended_combinations,
+)
 from matseg.errors import MatsegError, read_json
 from matseg.plan import Job
-from matseg.results import JobResult, SplitResult, best_rows, results_rows
+from matseg.results import EnsembleResult, JobResult, SplitResult, best_rows, results_rows
 from matseg.rundir import (
     EXPLAIN_FIGURE,
     HEATMAP_FILE,
@@ -152,6 +160,28 @@ class JobRecord(_Model):
     folder: str
 
 
+class EnsembleRecord(_Model):
+    """A combination's fold ensemble (cross-validation), scored once on the test split and
+    shift sets after the decision; ``used_for_choice`` is always False, and says so."""
+
+    hash: str
+    dataset: str
+    name: str
+    encoder: str
+    decoder: str
+    weights: str
+    members: list[str]
+    evaluations: dict[str, SplitEvaluation]
+    members_macro_iou: dict[str, dict[str, Number]] = Field(
+        description="split -> member job -> its macro IoU alone on the same images"
+    )
+    members_per_image: dict[str, list[Number]] = Field(
+        description="split -> per-image macro IoU, mean of the members alone"
+    )
+    folder: str
+    used_for_choice: Literal[False] = False
+
+
 class FlaggedImage(_Model):
     scenario: str
     image: str
@@ -222,6 +252,14 @@ class EvaluationRecord(_Model):
     warnings: list[str] = Field(
         default_factory=list,
         description="what limits the run's numbers (time budgets, unconverged jobs), said first",
+    )
+    decisions: list[DatasetDecision] = Field(
+        default_factory=list,
+        description="per dataset: the ranking on out-of-fold (or validation) evidence, paired "
+        "tests, verdict and recommendation (none in records before matseg 0.3)",
+    )
+    ensembles: list[EnsembleRecord] = Field(
+        default_factory=list, description="fold ensembles scored on the test split (cv runs)"
     )
 
 
@@ -343,7 +381,9 @@ def _curves(run: RunDir, job: str) -> list[CurvePoint]:
     ]
 
 
-def _split_evaluation(run: RunDir, job: str, split: str, ev: SplitResult) -> SplitEvaluation:
+def _split_evaluation(
+    run: RunDir, split: str, ev: SplitResult, mask_of: Callable[[str], Path]
+) -> SplitEvaluation:
     s = ev.scores
     per = s.per_image
     classes = s.classes
@@ -356,7 +396,7 @@ def _split_evaluation(run: RunDir, job: str, split: str, ev: SplitResult) -> Spl
         ImageScore(
             key=meta.key,
             source=meta.source,
-            mask=run.relative(run.prediction_file(job, split, meta.key)),
+            mask=run.relative(mask_of(meta.key)),
             macro_iou=macro,
             foreground_iou=fg,
             pixel_accuracy=acc,
@@ -416,7 +456,7 @@ def _job_record(run: RunDir, result: JobResult) -> JobRecord:
         weights_loaded=result.weights.model_dump(),
         curves=_curves(run, job.hash),
         evaluations={
-            split: _split_evaluation(run, job.hash, split, ev)
+            split: _split_evaluation(run, split, ev, partial(run.prediction_file, job.hash, split))
             for split, ev in result.evaluations.items()
         },
         folder=run.relative(run.job_dir(job.hash)),
@@ -516,9 +556,10 @@ def build_record(run: RunDir | Path) -> EvaluationRecord:
             )
     by_job = {r.job.hash: r.job.dataset for r in finished}
     quality, explanations = _quality(run, by_job), _explanations(run, by_job)
+    decisions = decide_run(run, finished)
     figures = {
         row["job"]: run.relative(run.sample_figure(row["job"]))
-        for row in best_rows(results_rows(finished))
+        for row in best_rows(results_rows(finished), recommended_combinations(decisions))
         if run.sample_figure(row["job"]).is_file()
     }
     missing = []
@@ -528,7 +569,7 @@ def build_record(run: RunDir | Path) -> EvaluationRecord:
         missing.append("no quality control (set qc.enabled or run `matseg qc fit`)")
     if not explanations:
         missing.append("no explanations (set explain.enabled or run `matseg explain`)")
-    warnings = _budget_warnings(profile, finished)
+    warnings = _budget_warnings(profile, finished) + _protocol_warnings(decisions)
     return EvaluationRecord(
         run=RunInfo(
             name=plan.profile_name, description=profile.get("description", ""), profile=profile
@@ -541,7 +582,40 @@ def build_record(run: RunDir | Path) -> EvaluationRecord:
         figures=figures,
         missing=missing,
         warnings=warnings,
+        decisions=decisions,
+        ensembles=[_ensemble_record(run, e) for e in run.ensembles()],
     )
+
+
+def _ensemble_record(run: RunDir, e: EnsembleResult) -> EnsembleRecord:
+    e = EnsembleResult.model_validate(finite_or_none(e.model_dump()))
+    return EnsembleRecord(
+        hash=e.hash, dataset=e.dataset, name=combination_name(e.encoder, e.decoder, e.weights),
+        encoder=e.encoder, decoder=e.decoder, weights=e.weights, members=e.members,
+        evaluations={
+            split: _split_evaluation(
+                run, split, ev, partial(run.ensemble_prediction_file, e.hash, split)
+            )
+            for split, ev in e.evaluations.items()
+        },
+        members_macro_iou=e.members_macro_iou, members_per_image=e.members_per_image,
+        folder=run.relative(run.ensemble_dir(e.hash)),
+    )  # fmt: skip
+
+
+def _protocol_warnings(decisions: list[DatasetDecision]) -> list[str]:
+    """What the evaluation protocol leaves unestimated or optimistic."""
+    out = []
+    for d in decisions:
+        if not d.test_kept:
+            out.append(
+                f"{d.dataset}: every labelled image went into cross-validation (evaluation.test "
+                "= none): no untouched test estimate exists; the out-of-fold estimate is the "
+                "only one"
+            )
+        if d.evidence == "test":
+            out.append(f"{d.dataset}: {d.notes[-1]}")
+    return out
 
 
 def _nan_free(result: JobResult) -> JobResult:

@@ -102,6 +102,26 @@ class JobProvenance(_Result):
     threads: int | None = None
 
 
+class FoldImages(_Result):
+    """The images of a cross-validation job's fold, by key: what it trained on, stopped early
+    on, and held out (kept so that anyone can check the folds were disjoint)."""
+
+    name: str
+    train: list[str]
+    inner_val: list[str]
+    held_out: list[str]
+
+    @classmethod
+    def of(cls, fold: Any) -> FoldImages:
+        """From a :class:`matseg.datasets.folds.Fold`."""
+        return cls(
+            name=fold.name,
+            train=list(fold.train),
+            inner_val=list(fold.inner_val),
+            held_out=list(fold.held_out),
+        )
+
+
 def converged(stopped_by: str, epochs: int, best_epoch: int) -> bool:
     """Whether training had settled when it stopped.
 
@@ -135,6 +155,7 @@ class JobResult(_Result):
     train_class_frequencies: list[float] = Field(default_factory=list)
     evaluations: dict[str, SplitResult] = Field(default_factory=dict)
     provenance: JobProvenance = Field(default_factory=JobProvenance)
+    fold: FoldImages | None = None  # cross-validation jobs only
 
     @property
     def converged(self) -> bool:
@@ -142,8 +163,34 @@ class JobResult(_Result):
         return converged(self.stopped_by, self.epochs, self.best_epoch)
 
 
+class EnsembleResult(_Result):
+    """The fold models of one combination, scored together once on the test split and shift
+    sets at the end of a cross-validated run (``ensembles/<hash>/metrics.json``).
+
+    The decision was made before, on out-of-fold evidence; these numbers are the honest
+    estimate for the recommended combination and, for the others, a table entry that was not
+    used for any choice. ``members_macro_iou``: each fold model alone on the same splits, to
+    tell whether the ensemble beats a single fold model.
+    """
+
+    hash: str
+    dataset: str
+    encoder: str
+    decoder: str
+    weights: str
+    members: list[str]
+    classes: list[str]
+    evaluations: dict[str, SplitResult] = Field(default_factory=dict)
+    members_macro_iou: dict[str, dict[str, Number]] = Field(
+        default_factory=dict, description="split -> member job hash -> its macro IoU alone"
+    )
+    members_per_image: dict[str, list[Number]] = Field(
+        default_factory=dict, description="split -> per-image macro IoU, mean of the members"
+    )
+
+
 COLUMNS = [
-    "dataset", "split", "encoder", "decoder", "weights", "seed",
+    "dataset", "split", "encoder", "decoder", "weights", "seed", "fold",
     "macro_iou", "macro_iou_low", "macro_iou_high",
     "foreground_iou", "foreground_iou_low", "foreground_iou_high",
     "dice", "pixel_accuracy", "weighted_iou", "iou_per_class",
@@ -167,6 +214,7 @@ def job_rows(result: JobResult) -> list[dict[str, Any]]:
             {
                 "dataset": job.dataset, "split": split, "encoder": job.encoder,
                 "decoder": job.decoder, "weights": job.weights, "seed": job.seed,
+                "fold": job.fold.name if job.fold is not None else "",
                 "macro_iou": s.macro_iou, "macro_iou_low": low, "macro_iou_high": high,
                 "foreground_iou": s.foreground_iou,
                 "foreground_iou_low": fg_low, "foreground_iou_high": fg_high,
@@ -195,11 +243,20 @@ def results_rows(results: list[JobResult]) -> list[dict[str, Any]]:
     return [row for result in results for row in job_rows(result)]
 
 
-def best_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per dataset, the test row of the job with the best validation IoU."""
+def best_rows(
+    rows: list[dict[str, Any]], chosen: dict[str, tuple[str, str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Per dataset, the test row (out-of-fold row under cross-validation) of the job with the
+    best validation IoU, among the jobs of the recommended combination when ``chosen``
+    (dataset -> encoder, decoder, weights) names it."""
+    chosen = chosen or {}
+    split_of = {r["dataset"]: "test" for r in rows if r["split"] == "test"}
     best: dict[str, dict[str, Any]] = {}
     for row in rows:
-        if row["split"] != "test":
+        if row["split"] != split_of.get(row["dataset"], "oof"):
+            continue
+        combo = chosen.get(row["dataset"])
+        if combo is not None and (row["encoder"], row["decoder"], row["weights"]) != combo:
             continue
         current = best.get(row["dataset"])
         if current is None or (row["best_val_iou"] or -1) > (current["best_val_iou"] or -1):

@@ -36,7 +36,7 @@ from matseg.atomic import write_bytes, write_csv, write_json
 from matseg.errors import MatsegError, SpecError
 from matseg.plan import Plan
 from matseg.profile import Profile, QualityControl
-from matseg.results import COLUMNS, JobResult, best_rows
+from matseg.results import COLUMNS, EnsembleResult, JobResult, best_rows
 
 CURVE_FIELDS = ["epoch", "train_loss", "val_iou", "lr", "seconds"]
 
@@ -201,6 +201,49 @@ class RunDir:
         """The predicted class-id PNG of one image of a split."""
         return self.job_dir(job) / "predictions" / split / f"{key.replace('/', '__')}.png"
 
+    # --- fold ensembles (cross-validation) ------------------------------------------------------
+
+    @property
+    def ensembles_dir(self) -> Path:
+        return self.root / "ensembles"
+
+    def ensemble_dir(self, ensemble: str) -> Path:
+        return _inside(self.ensembles_dir, ensemble, "ensemble hash")
+
+    def ensemble_prediction_file(self, ensemble: str, split: str, key: str) -> Path:
+        """An ensemble's predicted class-id PNG of one image (same layout as a job's)."""
+        return self.ensemble_dir(ensemble) / "predictions" / split / f"{key.replace('/', '__')}.png"
+
+    def write_ensemble_prediction(
+        self, ensemble: str, split: str, key: str, mask: np.ndarray
+    ) -> Path:
+        return write_bytes(self.ensemble_prediction_file(ensemble, split, key), mask_png(mask))
+
+    def write_ensemble(self, result: EnsembleResult) -> Path:
+        return write_json(
+            self.ensemble_dir(result.hash) / "metrics.json", result.model_dump(mode="json")
+        )
+
+    def read_ensemble(self, ensemble: str) -> EnsembleResult | None:
+        """A scored ensemble; None when not scored yet; damaged: one-line error."""
+        path = self.ensemble_dir(ensemble) / "metrics.json"
+        if not path.is_file():
+            return None
+        try:
+            return EnsembleResult.model_validate(_json(path, "an ensemble's metrics.json"))
+        except ValidationError as exc:
+            raise RunFolderError(
+                str(path), "an ensemble's metrics.json", _first_error(exc), _REMEDY
+            ) from None
+
+    def ensembles(self) -> list[EnsembleResult]:
+        """Every scored fold ensemble of the run, sorted by folder."""
+        return [
+            r
+            for path in sorted(self.ensembles_dir.glob("*/metrics.json"))
+            if (r := self.read_ensemble(path.parent.name)) is not None
+        ]
+
     def sample_figure(self, job: str) -> Path:
         """Image, ground truth, prediction and difference of a few test images of a job."""
         return self.root / "figures" / f"samples-{job}.png"
@@ -324,10 +367,13 @@ class RunDir:
         with Image.open(path) as im:
             return np.asarray(im).astype(np.int64)
 
-    def write_tables(self, rows: list[dict[str, Any]]) -> None:
-        """results.csv (every job and split) and best.csv (best per dataset by validation)."""
+    def write_tables(
+        self, rows: list[dict[str, Any]], chosen: dict[str, tuple[str, str, str]] | None = None
+    ) -> None:
+        """results.csv (every job and split) and best.csv (per dataset, the recommended
+        combination's job with the best validation IoU: ``results.best_rows``)."""
         write_csv(self.results_file, rows, COLUMNS)
-        write_csv(self.best_file, best_rows(rows), COLUMNS)
+        write_csv(self.best_file, best_rows(rows, chosen), COLUMNS)
 
     # --- the lock --------------------------------------------------------------------------------
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 from matseg.errors import InputError
 
@@ -52,10 +51,12 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def _signed_rank(x: np.ndarray, alternative: str = "two-sided") -> float:
+def signed_rank(x: np.ndarray, alternative: str = "two-sided") -> float:
     """Wilcoxon signed-rank p-value of ``x`` against 0 (1 when every value is 0)."""
     if not np.any(x != 0):
         return 1.0
+    from scipy import stats  # here, so that profiles (which read TIE_MARGIN) stay light
+
     return float(stats.wilcoxon(x, zero_method="wilcox", alternative=alternative).pvalue)
 
 
@@ -102,7 +103,7 @@ def compare_to_best(
     names = sorted(arrays, key=lambda name: -arrays[name].mean())
     best = names[0]
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
-    p_raw = [_signed_rank(arrays[a] - arrays[b]) for a, b in pairs]
+    p_raw = [signed_rank(arrays[a] - arrays[b]) for a, b in pairs]
     p_pairs = {pair: (p, p_h) for pair, p, p_h in zip(pairs, p_raw, holm(p_raw), strict=True)}
     rng = np.random.default_rng(seed)
     n = len(arrays[best])
@@ -111,7 +112,7 @@ def compare_to_best(
     for other in names[1:]:
         diff = arrays[best] - arrays[other]
         lo, hi = np.percentile(diff[resample].mean(axis=1), [50 * alpha, 100 - 50 * alpha])
-        p_eq = max(_signed_rank(diff + margin, "greater"), _signed_rank(margin - diff, "greater"))
+        p_eq = max(signed_rank(diff + margin, "greater"), signed_rank(margin - diff, "greater"))
         raw.append((other, diff, (float(lo), float(hi)), p_eq))
     p_eq_holm = holm([r[3] for r in raw])
     out = []

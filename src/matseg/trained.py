@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from matseg.decision import decide_run, recommended_combinations
 from matseg.errors import SpecError
 from matseg.job import PreparedData, prepare_for_job
 from matseg.models import load_trained_model
@@ -39,7 +40,8 @@ def finished_results(run: RunDir) -> list[JobResult]:
 
 
 def choose_result(run: RunDir, job: str | None = None) -> JobResult:
-    """The named job (a hash or its prefix), or the finished job with the best validation IoU."""
+    """The named job (a hash or its prefix), or the recommended combination's finished job with
+    the best validation IoU (of a run of one dataset; any dataset's otherwise)."""
     finished = finished_results(run)
     if job is not None:
         matches = [r for r in finished if r.job.hash.startswith(job)]
@@ -49,7 +51,11 @@ def choose_result(run: RunDir, job: str | None = None) -> JobResult:
                 f"--job {job}", f"one finished job of {run.name}", f"{len(matches)}: {names}"
             )
         return matches[0]
-    return max(finished, key=lambda r: -1.0 if r.best_val_iou is None else r.best_val_iou)
+    picks = recommended_combinations(decide_run(run, finished))
+    recommended = [r for r in finished if r.job.combination[1:] == picks.get(r.job.dataset)]
+    return max(
+        recommended or finished, key=lambda r: -1.0 if r.best_val_iou is None else r.best_val_iou
+    )
 
 
 def load_model(run: RunDir, result: JobResult) -> torch.nn.Module:

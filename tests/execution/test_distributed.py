@@ -51,6 +51,7 @@ def _profile(tmp_path: Path, **training: object) -> Path:
         "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
         "training": {"batch_size": 4, "max_epochs": 3, "patience": 10, "patch_size": 64,
                      "accelerator": "cpu", **training},
+        "evaluation": {"protocol": "holdout"},
     }))  # fmt: skip
     return path
 

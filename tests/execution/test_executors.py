@@ -36,6 +36,7 @@ def _profile(root: Path, name: str) -> Path:
         "datasets": ["data/dataset.json"],
         "model": {"encoders": ["resnet18"], "decoders": ["unet", "fpn"], "weights": "none"},
         "training": {"batch_size": 4, "max_epochs": 3, "patch_size": 64},
+        "evaluation": {"protocol": "holdout"},
     }))  # fmt: skip
     return path
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,13 @@ class MicrographDataset:
     def split(self, name: str) -> MicrographDataset:
         """The subset of one split (same cache)."""
         refs = [r for r in self.refs if r.split == name]
+        return MicrographDataset(self.spec, refs, self.cache, self.classes)
+
+    def subset(self, keys: Collection[str], split: str) -> MicrographDataset:
+        """The samples of the images named by ``keys`` (same cache), served as ``split`` (a
+        cross-validation fold's parts are cut from the train and val splits this way)."""
+        wanted = set(keys)
+        refs = [replace(r, split=split) for r in self.refs if r.item.key in wanted]
         return MicrographDataset(self.spec, refs, self.cache, self.classes)
 
     def plot(self, index: int) -> Any:

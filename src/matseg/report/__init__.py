@@ -16,13 +16,14 @@ from typing import Any
 from matseg.atomic import write_bytes
 from matseg.record import EvaluationRecord, read_record
 from matseg.report import figures
-from matseg.report.recommend import Recommendation, recommend
+from matseg.report.recommend import DatasetRecommendation, Recommendation, recommend
 from matseg.report.tables import (
     Table,
     best_table,
     explanation_table,
     grid_table,
     quality_table,
+    ranking_table,
     recommendation_table,
     to_csv,
     to_markdown,
@@ -40,6 +41,34 @@ class ReportFiles:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def gap_words(d: DatasetRecommendation) -> str | None:
+    """The selection gap in words (evidence estimate minus the test estimate)."""
+    if d.selection_gap is None:
+        return None
+    where = "out-of-fold" if d.decision.evidence == "oof" else "validation"
+    return (
+        f"selection gap ({where} minus test IoU of the recommended combination): "
+        f"{d.selection_gap:+.3f}"
+    )
+
+
+def _evaluation_words(evaluation: dict[str, Any]) -> str:
+    """The evaluation protocol in a clause (profiles before matseg 0.3 had none: holdout)."""
+    if evaluation.get("protocol", "holdout") == "holdout":
+        return "the best validation weights are tested once on the held-out test split"
+    repeats = evaluation.get("repeats", 1)
+    again = f", repeated {repeats} times" if repeats > 1 else ""
+    test = (
+        "the test split is scored once at the end, by each combination's fold ensemble"
+        if evaluation.get("test", "keep") == "keep"
+        else "every labelled image is in the folds (no untouched test split)"
+    )
+    return (
+        f"{evaluation.get('folds', 5)}-fold cross-validation{again}, each fold stopping early "
+        f"on an inner validation part of its training images; {test}"
+    )
 
 
 def plain_words(record: EvaluationRecord) -> list[str]:
@@ -70,9 +99,9 @@ def plain_words(record: EvaluationRecord) -> list[str]:
         f"{training.get('scheduler', 'cosine')} schedule, batch {training.get('batch_size')}, "
         f"{training.get('patch_size')} px random crops, loss {training.get('loss')}, precision "
         f"{training.get('precision')}, early stopping on validation IoU (patience "
-        f"{training.get('patience')}, at most {training.get('max_epochs')} epochs){budget}; the "
-        "best validation weights are tested once on the held-out test split"
-        + (f" with {tta} test-time augmentation" if tta != "none" else "")
+        f"{training.get('patience')}, at most {training.get('max_epochs')} epochs){budget}; "
+        + _evaluation_words(profile.get("evaluation") or {})
+        + (f", with {tta} test-time augmentation" if tta != "none" else "")
         + "."
     )
     return lines
@@ -88,7 +117,14 @@ def _figure_uri(run: Path, relative: str | None) -> str | None:
 def _charts(record: EvaluationRecord, run: Path) -> list[tuple[str, str]]:
     charts = []
     for title, png in (
-        ("Test IoU per combination (95% CI)", figures.iou_by_combination(record)),
+        (
+            "IoU per combination: the decision's evidence (95% CI) and the test, scored once",
+            figures.iou_by_combination(record),
+        ),
+        (
+            "Per-image IoU differences, best against each other combination",
+            figures.evidence_differences(record),
+        ),
         ("IoU across contexts", figures.spread_across_contexts(record)),
         ("Training curves", figures.training_curves(record)),
     ):
@@ -122,7 +158,7 @@ def render_html(record: EvaluationRecord, run: Path, rec: Recommendation) -> str
         if (uri := _figure_uri(run, e.figure))
     ]
     tables: dict[str, Table] = {
-        "best": best_table(record),
+        "best": best_table(rec),
         "grid": grid_table(record),
         "quality": quality_table(record),
         "explanations": explanation_table(record),
@@ -130,6 +166,8 @@ def render_html(record: EvaluationRecord, run: Path, rec: Recommendation) -> str
     return env.get_template("report.html.j2").render(
         record=record,
         recommendation=rec,
+        rankings={d.dataset: ranking_table(d) for d in rec.datasets},
+        gaps={d.dataset: gap_words(d) for d in rec.datasets},
         plain_words=plain_words(record),
         tables=tables,
         charts=_charts(record, run),
@@ -151,15 +189,19 @@ def render_markdown(record: EvaluationRecord, rec: Recommendation) -> str:
     parts += ["## Recommendation\n", to_markdown(recommendation_table(rec))]
     for d in rec.datasets:
         parts += [
-            f"**{d.dataset}**: use {d.recommended.name} ({d.verdict}).",
+            f"**{d.dataset}**: use {d.use} ({d.verdict}).\n",
+            f"Protocol: {d.protocol}\n",
             *[f"- {r}" for r in d.reasons],
+            *[f"- {x}" for x in (d.test_estimate, gap_words(d), d.ensemble_note) if x],
+            *[f"- note: {n}" for n in d.decision.notes],
             "",
+            to_markdown(ranking_table(d)),
         ]
     parts.append(f"Across contexts: {rec.contexts.summary}.\n")
     for f in rec.feedback:
         state = "ready" if f.ready else "NOT READY"
         parts += [f"Deployment feedback, {f.dataset}: {state}.", *[f"- {a}" for a in f.advice], ""]
-    parts += ["## Best per dataset (Table 2)\n", to_markdown(best_table(record))]
+    parts += ["## Recommended per dataset (Table 2)\n", to_markdown(best_table(rec))]
     parts += ["## Every combination (Table 3)\n", to_markdown(grid_table(record))]
     parts += ["## Quality control\n", to_markdown(quality_table(record))]
     parts += ["## Explanations\n", to_markdown(explanation_table(record))]
@@ -181,7 +223,7 @@ def build_report(run: RunDir | Path, out: Path | None = None) -> ReportFiles:
         write_bytes(target.table_file(name), to_csv(table))
         for name, table in (
             ("table3_grid", grid_table(record)),
-            ("table2_best", best_table(record)),
+            ("table2_best", best_table(rec)),
             ("quality_control", quality_table(record)),
             ("explanations", explanation_table(record)),
             ("recommendation", recommendation_table(rec)),

@@ -103,8 +103,8 @@ def compare_records(a: EvaluationRecord, b: EvaluationRecord) -> Comparison:
 
         if state(qa.get(d)) != state(qb.get(d)):
             out.verdicts.append((d, state(qa.get(d)), state(qb.get(d))))
-    ra = {r.dataset: r.recommended.name for r in recommend(a).datasets}
-    rb = {r.dataset: r.recommended.name for r in recommend(b).datasets}
+    ra = {r.dataset: r.use for r in recommend(a).datasets}
+    rb = {r.dataset: r.use for r in recommend(b).datasets}
     for d in sorted(set(ra) | set(rb)):
         if ra.get(d) != rb.get(d):
             out.recommendations.append((d, ra.get(d, "–"), rb.get(d, "–")))

@@ -10,39 +10,71 @@ from matseg.plots import class_colours, png, subplots
 from matseg.record import EvaluationRecord
 
 
-def iou_by_combination(record: EvaluationRecord, split: str = "test") -> bytes | None:
-    """Per dataset: test macro IoU of each encoder + decoder with its bootstrap 95% interval."""
-    datasets = [d.name for d in record.datasets]
-    if not datasets:
+def iou_by_combination(record: EvaluationRecord) -> bytes | None:
+    """Per dataset: each combination's IoU on the decision's evidence (out-of-fold or
+    validation, pooled, bootstrap 95% CI) as bars, its test IoU (scored once, after the choice)
+    as a black mark, and the better constant baseline as a dashed line."""
+    decisions = record.decisions
+    if not decisions:
         return None
-    fig, axes = subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], datasets, strict=True):
-        jobs = [j for j in record.jobs if j.dataset == name and split in j.evaluations]
-        labels, values, lows, highs, colours = [], [], [], [], []
-        decoders = sorted({j.decoder for j in jobs})
-        palette = dict(zip(decoders, class_colours(10), strict=False))
-        for j in jobs:
-            ev = j.evaluations[split]
-            if ev.macro_iou is None:
-                continue
-            lo, hi = (ev.ci.get("macro_iou") or [None, None])[:2]
-            labels.append(f"{j.encoder}\n{j.decoder}" + (f"\nseed {j.seed}" if j.seed else ""))
-            values.append(ev.macro_iou)
-            lows.append(ev.macro_iou - lo if lo is not None else 0.0)
-            highs.append(hi - ev.macro_iou if hi is not None else 0.0)
-            colours.append(palette[j.decoder])
-        x = np.arange(len(values))
-        ax.bar(x, values, yerr=[lows, highs], capsize=3, color=colours)
-        majority = [
-            j.evaluations[split].baselines.get("majority class", {}).get("macro_iou") for j in jobs
-        ]
-        if majority and majority[0] is not None:
-            ax.axhline(majority[0], color="grey", ls="--", lw=1, label="majority class")
-            ax.legend(fontsize=7, loc="lower right")
-        ax.set_xticks(x, labels, fontsize=7)
+    tests: dict[tuple[str, str], float] = {}
+    for e in record.ensembles:
+        ev = e.evaluations.get("test")
+        if ev is not None and ev.macro_iou is not None:
+            tests[(e.dataset, e.name)] = ev.macro_iou
+    fig, axes = subplots(1, len(decisions), figsize=(4.5 * len(decisions), 3.6), squeeze=False)
+    for ax, d in zip(axes[0], decisions, strict=True):
+        palette = dict(zip(sorted({e.decoder for e in d.ranking}), class_colours(10), strict=False))
+        x = np.arange(len(d.ranking))
+        values = [e.macro_iou if e.macro_iou is not None else np.nan for e in d.ranking]
+        lows = [v - (e.macro_iou_ci[0] if e.macro_iou_ci[0] is not None else v)
+                for v, e in zip(values, d.ranking, strict=True)]  # fmt: skip
+        highs = [(e.macro_iou_ci[1] if e.macro_iou_ci[1] is not None else v) - v
+                 for v, e in zip(values, d.ranking, strict=True)]  # fmt: skip
+        ax.bar(x, values, yerr=[lows, highs], capsize=3,
+               color=[palette[e.decoder] for e in d.ranking])  # fmt: skip
+        marks = [(i, tests[(d.dataset, e.name)]) for i, e in enumerate(d.ranking)
+                 if (d.dataset, e.name) in tests]  # fmt: skip
+        if marks:
+            ax.scatter(*zip(*marks, strict=True), marker="_", s=300, color="black", zorder=3,
+                       label="test (not used for any choice)")  # fmt: skip
+        ax.axhline(max(d.baselines.values()), color="grey", ls="--", lw=1, label="constant")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(x, [f"{e.encoder}\n{e.decoder}" for e in d.ranking], fontsize=7)
         ax.set_ylim(0, 1)
-        ax.set_ylabel(f"{split} macro IoU (95% CI)", fontsize=8)
-        ax.set_title(name, fontsize=9)
+        where = {"oof": "out-of-fold", "val": "validation", "test": "test"}[d.evidence]
+        ax.set_ylabel(f"{where} macro IoU (95% CI)", fontsize=8)
+        ax.set_title(d.dataset, fontsize=9)
+    return png(fig)
+
+
+def evidence_differences(record: EvaluationRecord) -> bytes | None:
+    """Per dataset: the per-image IoU difference, best minus each other combination, one dot
+    per evidence image, with the mean, its paired bootstrap CI and the tie margin: where one
+    architecture wins and where it loses."""
+    decisions = [d for d in record.decisions if len(d.ranking) > 1]
+    if not decisions:
+        return None
+    fig, axes = subplots(1, len(decisions), figsize=(4.5 * len(decisions), 3.6), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, d in zip(axes[0], decisions, strict=True):
+        best = np.asarray(d.per_image[d.ranking[0].name])
+        others = d.ranking[1:]
+        for i, e in enumerate(others):
+            diff = best - np.asarray(d.per_image[e.name])
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(diff)), diff, s=9, alpha=0.6,
+                       color="tab:blue")  # fmt: skip
+            if e.versus_best is not None:
+                lo, hi = e.versus_best.ci
+                ax.errorbar(i + 0.3, diff.mean(), yerr=[[diff.mean() - lo], [hi - diff.mean()]],
+                            fmt="o", color="black", capsize=3)  # fmt: skip
+        ax.axhline(0, color="black", lw=0.8)
+        for m in (-d.tie_margin, d.tie_margin):
+            ax.axhline(m, color="grey", ls=":", lw=0.8)
+        ax.set_xticks(np.arange(len(others)),
+                      [f"vs {e.encoder}\n{e.decoder}" for e in others], fontsize=7)  # fmt: skip
+        ax.set_ylabel(f"IoU difference per image ({d.ranking[0].decoder} best)", fontsize=8)
+        ax.set_title(d.dataset, fontsize=9)
     return png(fig)
 
 

@@ -1,15 +1,11 @@
 """The architecture recommendation, from a record alone: within a dataset, across contexts, and
 what to revise when quality control says "not ready".
 
-Within a dataset, combinations (encoder + decoder + weights) are ranked by their test macro IoU
-(mean over seeds). The best is called better than the runner-up only when a paired comparison
-over the same test images says so: the paired bootstrap 95% interval of the mean per-image IoU
-difference excludes 0 AND the Wilcoxon signed-rank test gives p < 0.05. Otherwise it is a tie,
-and among the combinations tied with the best the cheapest (fewest parameters, then lowest
-latency) is recommended; with so few test images that no test could reach p < 0.05 (fewer than
-6), the verdict is "inconclusive" and the best by IoU is recommended provisionally. The test
-split is used here to report, never to train or select checkpoints (that was done on
-validation).
+Within a dataset the decision is the record's (:mod:`matseg.decision`: out-of-fold or validation
+per-image IoU, every pair tested with Holm's correction, equivalence within the tie margin,
+trivial baselines in the test, ranking stability); this module words it for the report, adds
+the protocol in one sentence, the test estimate of the chosen combination (scored once, after
+the choice) and the selection gap between the two. The test split decides nothing here.
 """
 
 from __future__ import annotations
@@ -22,45 +18,47 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from matseg.record import EvaluationRecord, JobRecord
-from matseg.selection import ALPHA
+from matseg.decision import DatasetDecision, Evidence
+from matseg.record import EnsembleRecord, EvaluationRecord, SplitEvaluation
 
 
 @dataclass
 class Candidate:
-    """One combination on one dataset, its seeds pooled."""
+    """One combination on one dataset, seeds, repeats and folds pooled (the decision's
+    :class:`~matseg.decision.Evidence`), with its test estimate (not used for any choice)."""
 
-    encoder: str
-    decoder: str
-    weights: str
-    jobs: list[str]
-    iou: float  # mean over seeds of the dataset-level test macro IoU
-    per_image: dict[str, float]  # image key -> per-image macro IoU, mean over seeds
-    parameters: int
-    latency_ms: float | None
-    converged: bool = True  # False: a budget stopped one of its jobs while val IoU still rose
+    evidence: Evidence
+    test_iou: float | None = None
+    test_ci: tuple[float | None, float | None] = (None, None)
 
     @property
     def name(self) -> str:
-        return f"{self.encoder} + {self.decoder}" + (
-            f" ({self.weights})" if self.weights not in ("none", "imagenet") else ""
-        )
+        return self.evidence.name
 
+    @property
+    def encoder(self) -> str:
+        return self.evidence.encoder
 
-@dataclass
-class PairedTest:
-    """Best against another combination over the same test images."""
+    @property
+    def decoder(self) -> str:
+        return self.evidence.decoder
 
-    a: str
-    b: str
-    n_images: int
-    mean_difference: float
-    ci: tuple[float, float]
-    p_bootstrap: float
-    p_wilcoxon: float | None
-    significant: bool
-    testable: bool  # enough images that the test could reach significance at all
-    note: str = ""
+    @property
+    def weights(self) -> str:
+        return self.evidence.weights
+
+    @property
+    def iou(self) -> float:
+        """Mean per-image macro IoU on the evidence images (what ranks and is tested)."""
+        return self.evidence.mean_iou
+
+    @property
+    def parameters(self) -> int:
+        return self.evidence.parameters
+
+    @property
+    def converged(self) -> bool:
+        return self.evidence.converged
 
 
 @dataclass
@@ -68,12 +66,32 @@ class DatasetRecommendation:
     dataset: str
     modality: str
     difficulty: str | None
+    decision: DatasetDecision
     ranking: list[Candidate]
-    test: PairedTest | None
-    verdict: str  # "better", "tie", "inconclusive" (too few test images) or "only one combination"
-    recommended: Candidate
-    tied_with_best: list[str]
-    reasons: list[str]
+    recommended: Candidate | None
+    protocol: str  # the protocol in one sentence
+    test_estimate: str | None  # the chosen combination's test IoU, in words
+    selection_gap: float | None  # evidence estimate minus test estimate of the chosen one
+    ensemble_note: str | None  # does the fold ensemble beat a single fold model on test?
+
+    @property
+    def verdict(self) -> str:
+        return self.decision.verdict
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.decision.reasons
+
+    @property
+    def tied_with_best(self) -> list[str]:
+        return self.decision.tied
+
+    @property
+    def use(self) -> str:
+        """What to use, in words: the recommended combination, or why there is none."""
+        return (
+            self.recommended.name if self.recommended else "none (no combination beats a constant)"
+        )
 
 
 @dataclass
@@ -113,133 +131,128 @@ class Recommendation:
 # --- within a dataset ---------------------------------------------------------------------------
 
 
-def candidates(record: EvaluationRecord, dataset: str, split: str = "test") -> list[Candidate]:
-    """The dataset's combinations, seeds pooled, best first."""
-    groups: dict[tuple[str, str, str], list[JobRecord]] = defaultdict(list)
-    for job in record.jobs:
-        ev = job.evaluations.get(split)
-        if job.dataset == dataset and ev is not None and ev.macro_iou is not None:
-            groups[(job.encoder, job.decoder, job.weights)].append(job)
-    out = []
-    for (encoder, decoder, weights), jobs in groups.items():
-        per_image: dict[str, list[float]] = defaultdict(list)
-        for job in jobs:
-            for img in job.evaluations[split].images:
-                if img.macro_iou is not None:
-                    per_image[img.key].append(img.macro_iou)
-        latencies = [j.latency_ms_256 for j in jobs if j.latency_ms_256 is not None]
-        out.append(
-            Candidate(
-                encoder=encoder,
-                decoder=decoder,
-                weights=weights,
-                jobs=[j.hash for j in jobs],
-                iou=float(np.mean([j.evaluations[split].macro_iou for j in jobs])),
-                per_image={k: float(np.mean(v)) for k, v in per_image.items()},
-                parameters=jobs[0].parameters,
-                latency_ms=float(np.median(latencies)) if latencies else None,
-                converged=all(j.converged is not False for j in jobs),
-            )
+def _test_of(
+    record: EvaluationRecord, d: DatasetDecision, e: Evidence
+) -> tuple[SplitEvaluation | None, EnsembleRecord | None]:
+    """The combination's test evaluation: its fold ensemble's (cv), else its best-validation
+    job's (holdout)."""
+    for ens in record.ensembles:
+        if ens.dataset == d.dataset and (ens.encoder, ens.decoder, ens.weights) == (
+            e.encoder, e.decoder, e.weights
+        ):  # fmt: skip
+            return ens.evaluations.get("test"), ens
+    jobs = [j for j in record.jobs if j.hash in e.jobs and "test" in j.evaluations]
+    if not jobs:
+        return None, None
+    best = max(jobs, key=lambda j: -1.0 if j.best_val_iou is None else j.best_val_iou)
+    return best.evaluations["test"], None
+
+
+def _protocol(d: DatasetDecision, n_test: int | None) -> str:
+    n = len(d.images)
+    margin = f"equivalence within +-{d.tie_margin} IoU"
+    tests = f"paired Wilcoxon tests with Holm's correction over the grid, {margin}"
+    if d.evidence == "oof":
+        repeats = f", repeated {d.repeats} times," if d.repeats and d.repeats > 1 else ""
+        dev = "train + val" + ("" if d.test_kept else " + test")
+        test = (
+            f"the test split ({n_test} images) decided nothing and is scored once, by each "
+            "combination's fold ensemble"
+            if d.test_kept and n_test
+            else "no untouched test split remains (evaluation.test = none)"
+            if not d.test_kept
+            else "the dataset has no test split"
         )
-    return sorted(out, key=lambda c: (-c.iou, c.parameters))
-
-
-def paired_test(
-    a: Candidate, b: Candidate, n_boot: int = 10_000, seed: int = 0, alpha: float = ALPHA
-) -> PairedTest:
-    """Paired bootstrap of the mean per-image IoU difference a - b, and Wilcoxon signed-rank."""
-    keys = sorted(set(a.per_image) & set(b.per_image))
-    diff = np.array([a.per_image[k] - b.per_image[k] for k in keys])
-    n = len(diff)
-    if n == 0:
-        return PairedTest(a.name, b.name, 0, math.nan, (math.nan, math.nan), 1.0, None, False,
-                          False, "no test image in common")  # fmt: skip
-    rng = np.random.default_rng(seed)
-    boot = diff[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    p_boot = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
-    p_wil: float | None = None
-    note = ""
-    if np.any(diff != 0):
-        p_wil = float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
-    smallest = 2.0 / 2**n  # the smallest two-sided p an exact signed-rank test can give
-    testable = smallest < alpha
-    if not testable:
-        note = (
-            f"with {n} test images no paired test can reach p < {alpha} (smallest possible "
-            f"Wilcoxon p = {smallest:.3f}): more test images are needed to separate them"
+        return (
+            f"{d.folds}-fold cross-validation{repeats} of the {n} development images ({dev}): "
+            "each is predicted by the fold model that never saw it, and combinations are "
+            f"compared on these out-of-fold per-image IoUs ({tests}); {test}."
         )
-    significant = bool((lo > 0 or hi < 0) and p_wil is not None and p_wil < alpha)
-    return PairedTest(a.name, b.name, n, float(diff.mean()), (float(lo), float(hi)), p_boot,
-                      p_wil, significant, testable, note)  # fmt: skip
+    if d.evidence == "val":
+        return (
+            f"holdout: one model per combination and seed, trained on train, stopped early and "
+            f"compared on the {n} validation images ({tests}); the test split decided nothing."
+        )
+    return (
+        f"compared on the {n} test images ({tests}), as matseg before 0.3 did: the choice and "
+        "the estimate come from the same images, so the estimate is optimistic."
+    )
 
 
-def _cost(c: Candidate) -> tuple[int, float]:
-    return (c.parameters, c.latency_ms if c.latency_ms is not None else math.inf)
-
-
-def recommend_dataset(
-    record: EvaluationRecord, dataset: str, split: str = "test", seed: int = 0
-) -> DatasetRecommendation | None:
-    """Best combination on one dataset, whether it really beats the runner-up, and the pick."""
-    ranking = candidates(record, dataset, split)
-    if not ranking:
+def _ensemble_note(ens: EnsembleRecord | None) -> str | None:
+    """Whether the fold ensemble beats its members alone on the test images (paired)."""
+    if ens is None or "test" not in ens.evaluations:
         return None
-    context = next((d for d in record.datasets if d.name == dataset), None)
-    modality = context.modality if context else "other"
-    difficulty = context.difficulty if context else None
-    best = ranking[0]
-    if len(ranking) == 1:
-        return DatasetRecommendation(dataset, modality, difficulty, ranking, None,
-                                     "only one combination", best, [best.name],
-                                     [f"only {best.name} was evaluated"])  # fmt: skip
-    test = paired_test(best, ranking[1], seed=seed)
-    tied = [best] + [c for c in ranking[1:] if not paired_test(best, c, seed=seed).significant]
-    reasons = [
-        f"{best.name} has the highest {split} macro IoU ({best.iou:.3f}); the runner-up "
-        f"{ranking[1].name} has {ranking[1].iou:.3f} (mean per-image difference "
-        f"{test.mean_difference:+.3f}, paired bootstrap 95% CI [{test.ci[0]:+.3f}, "
-        f"{test.ci[1]:+.3f}], Wilcoxon p = "
-        + ("n/a" if test.p_wilcoxon is None else f"{test.p_wilcoxon:.3f}")
-        + f", {test.n_images} images)"
+    ev = ens.evaluations["test"]
+    alone = [v for v in ens.members_macro_iou.get("test", {}).values() if v is not None]
+    per_member = ens.members_per_image.get("test", [])
+    pairs = [
+        (img.macro_iou, m)
+        for img, m in zip(ev.images, per_member, strict=False)
+        if img.macro_iou is not None and m is not None
     ]
-    if test.note:
-        reasons.append(test.note)
-    unsettled = [c.name for c in (best, ranking[1]) if not c.converged]
-    if unsettled:
-        # A model stopped while still improving is not that architecture's result: ranking
-        # it either way would compare budgets, not architectures.
-        verdict, pick = "inconclusive", best
-        reasons.append(
-            f"inconclusive: {' and '.join(unsettled)} "
-            + ("was" if len(unsettled) == 1 else "were")
-            + " stopped by the training budget while validation IoU was still rising (not "
-            f"converged); {best.name} is recommended "
-            "provisionally; train longer (more max_epochs) for a verdict"
-        )
-    elif test.significant:
-        verdict, pick = "better", best
-        reasons.append(f"the difference is significant: {best.name} is recommended")
-    elif not test.testable:
-        # Too few images to test: calling it a tie would claim an equivalence nobody showed,
-        # and the cheaper model may be clearly worse. Recommend the best, provisionally.
-        verdict, pick = "inconclusive", best
-        reasons.append(
-            f"inconclusive: {best.name} is recommended provisionally, on its IoU alone; label "
-            "more test images to confirm it"
-        )
+    if not alone or ev.macro_iou is None:
+        return None
+    text = (
+        f"the fold ensemble ({len(ens.members)} models) scores test macro IoU "
+        f"{ev.macro_iou:.3f}; its fold models alone {np.mean(alone):.3f} on average "
+        f"(range {min(alone):.3f}-{max(alone):.3f})"
+    )
+    diff = np.array([a - b for a, b in pairs])
+    if len(diff) >= 6 and np.any(diff != 0):
+        p = float(stats.wilcoxon(diff).pvalue)
+        verdict = "beats" if p < 0.05 and diff.mean() > 0 else (
+            "is worse than" if p < 0.05 else "is not significantly different from"
+        )  # fmt: skip
+        text += f": the ensemble {verdict} a single fold model (paired Wilcoxon p = {p:.3f})"
     else:
-        verdict = "tie"
-        pick = min(tied, key=_cost)
-        names = ", ".join(c.name for c in tied)
-        reasons.append(
-            f"not significantly different ({names}): prefer the cheapest, {pick.name} "
-            f"({pick.parameters / 1e6:.1f} M parameters"
-            + (f", {pick.latency_ms:.0f} ms per 256 px image" if pick.latency_ms else "")
-            + ")"
+        text += f"; too few test images ({len(diff)}) to test the difference"
+    return text
+
+
+def recommend_dataset(record: EvaluationRecord, d: DatasetDecision) -> DatasetRecommendation:
+    """The record's decision on one dataset, with the protocol, test estimate and gap."""
+    context = next((c for c in record.datasets if c.name == d.dataset), None)
+    ranking = []
+    chosen_ensemble = None
+    for e in d.ranking:
+        ev, ens = _test_of(record, d, e)
+        ci = tuple((ev.ci.get("macro_iou") or [None, None])[:2]) if ev else (None, None)
+        ranking.append(Candidate(e, ev.macro_iou if ev else None, ci))  # type: ignore[arg-type]
+        if e.name == d.recommended:
+            chosen_ensemble = ens
+    pick = next((c for c in ranking if c.name == d.recommended), None)
+    n_test = context.splits.get("test") if context else None
+    estimate, gap = None, None
+    if pick is not None and pick.test_iou is not None and d.evidence != "test":
+        lo, hi = pick.evidence.macro_iou_ci
+        oof = pick.evidence.macro_iou
+        where = "out-of-fold" if d.evidence == "oof" else "validation"
+        inside = (
+            "inside" if lo is not None and hi is not None and lo <= pick.test_iou <= hi
+            else "outside"
+        )  # fmt: skip
+        tlo, thi = pick.test_ci
+        test_ci = f" [{tlo:.3f}, {thi:.3f}]" if tlo is not None and thi is not None else ""
+        estimate = (
+            f"test macro IoU of {pick.name}: {pick.test_iou:.3f}{test_ci} (the honest "
+            f"estimate, scored once after the choice); {where} {oof:.3f} "
+            + (f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+            + f": the test figure lies {inside} the {where} 95% CI"
         )
-    return DatasetRecommendation(dataset, modality, difficulty, ranking, test, verdict, pick,
-                                 [c.name for c in tied], reasons)  # fmt: skip
+        gap = None if oof is None else float(oof - pick.test_iou)
+    return DatasetRecommendation(
+        dataset=d.dataset,
+        modality=context.modality if context else "other",
+        difficulty=context.difficulty if context else None,
+        decision=d,
+        ranking=ranking,
+        recommended=pick,
+        protocol=_protocol(d, n_test),
+        test_estimate=estimate,
+        selection_gap=gap,
+        ensemble_note=_ensemble_note(chosen_ensemble),
+    )
 
 
 # --- across contexts ----------------------------------------------------------------------------
@@ -337,10 +350,9 @@ def feedback(record: EvaluationRecord, per_dataset: list[DatasetRecommendation])
     return out
 
 
-def recommend(record: EvaluationRecord, split: str = "test", seed: int = 0) -> Recommendation:
-    """The whole recommendation of a run."""
-    per_dataset = [
-        r for d in record.datasets if (r := recommend_dataset(record, d.name, split, seed))
-    ]
+def recommend(record: EvaluationRecord) -> Recommendation:
+    """The whole recommendation of a run (from the record's decisions; none in records written
+    before matseg 0.3: rebuild the record with ``matseg report RUN``)."""
+    per_dataset = [recommend_dataset(record, d) for d in record.decisions]
     return Recommendation(per_dataset, context_stability(record, per_dataset),
                           feedback(record, per_dataset))  # fmt: skip

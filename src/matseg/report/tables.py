@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from matseg.atomic import table_csv_bytes
 from matseg.record import EvaluationRecord, SplitEvaluation
-from matseg.report.recommend import Recommendation
+from matseg.report.recommend import DatasetRecommendation, Recommendation
 
 Table = tuple[list[str], list[list[Any]]]  # header, rows
 
@@ -73,21 +74,53 @@ def grid_table(record: EvaluationRecord) -> Table:
     return header, rows
 
 
-def best_table(record: EvaluationRecord) -> Table:
-    """The paper's Table 2: per dataset, the job with the best VALIDATION IoU, its test scores."""
-    header = ["dataset", "modality", "encoder", "decoder", "weights", "seed", "val IoU",
-              "test macro IoU", "95% CI", "majority IoU", "epochs"]  # fmt: skip
+def _interval(low_high: Sequence[float | None]) -> str:
+    lo, hi = [*low_high, None, None][:2]
+    return "–" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
+EVIDENCE = {"oof": "out-of-fold", "val": "validation", "test": "test (optimistic)"}
+
+
+def best_table(rec: Recommendation) -> Table:
+    """The paper's Table 2, chosen honestly: per dataset, the recommended combination with the
+    evidence it was chosen on and its test estimate (scored once, after the choice)."""
+    header = ["dataset", "modality", "recommended", "verdict", "chosen on", "IoU", "95% CI",
+              "test macro IoU", "95% CI (test)", "selection gap", "constant IoU",
+              "converged"]  # fmt: skip
     rows = []
-    for d in record.datasets:
-        jobs = [j for j in record.jobs if j.dataset == d.name and "test" in j.evaluations]
-        if not jobs:
-            continue
-        j = max(jobs, key=lambda j: j.best_val_iou if j.best_val_iou is not None else -1)
-        ev = j.evaluations["test"]
-        rows.append([d.name, d.modality, j.encoder, j.decoder, j.weights, j.seed,
-                     fmt(j.best_val_iou), fmt(ev.macro_iou), _ci(ev, "macro_iou"),
-                     fmt(ev.baselines.get("majority class", {}).get("macro_iou")),
-                     epochs_cell(j.epochs, j.converged)])  # fmt: skip
+    for d in rec.datasets:
+        c = d.recommended
+        e = c.evidence if c else None
+        rows.append([d.dataset, d.modality, d.use, d.verdict, EVIDENCE[d.decision.evidence],
+                     fmt(e.macro_iou) if e else "–", _interval(e.macro_iou_ci) if e else "–",
+                     fmt(c.test_iou) if c else "–", _interval(c.test_ci) if c else "–",
+                     fmt(d.selection_gap), fmt(max(d.decision.baselines.values())),
+                     ("yes" if c.converged else NOT_CONVERGED) if c else "–"])  # fmt: skip
+    return header, rows
+
+
+def ranking_table(d: DatasetRecommendation) -> Table:
+    """One dataset's ranking on the decision's evidence: every combination against the best,
+    corrected p-values, equivalence, the constants, stability, and the test (not a choice)."""
+    header = ["combination", "mean IoU", "pooled IoU", "95% CI", "vs best", "95% CI (diff.)",
+              "p", "p (Holm)", "p equiv. (Holm)", "verdict", "beats constant (Holm p)",
+              "best in folds", "best in bootstrap", "converged",
+              "test IoU (not used for any choice)"]  # fmt: skip
+    rows = []
+    best = next((c for c in d.ranking if c.evidence.beats_constant), None)
+    for c in d.ranking:
+        e, v = c.evidence, c.evidence.versus_best
+        rows.append([
+            c.name, fmt(e.mean_iou), fmt(e.macro_iou), _interval(e.macro_iou_ci),
+            f"{v.mean_difference:+.3f}" if v else ("best" if c is best else "–"),
+            _interval(v.ci) if v else "–", fmt(v.p) if v else "–",
+            fmt(v.p_holm) if v else "–", fmt(v.p_equivalent_holm) if v else "–",
+            v.verdict if v else ("–" if e.beats_constant else "no better than a constant"),
+            f"{'yes' if e.beats_constant else 'NO'} ({e.constant_p_holm:.3f})",
+            fmt(e.best_in_folds, 2), fmt(e.best_in_bootstrap, 2),
+            "yes" if e.converged else NOT_CONVERGED, fmt(c.test_iou),
+        ])  # fmt: skip
     return header, rows
 
 
@@ -129,7 +162,7 @@ def recommendation_table(rec: Recommendation) -> Table:
         rows.append([d.dataset, d.modality, d.difficulty or "–", d.ranking[0].name,
                      fmt(d.ranking[0].iou), second.name if second else "–",
                      fmt(second.iou) if second else "–", d.verdict,
-                     d.recommended.name])  # fmt: skip
+                     d.use])  # fmt: skip
     return header, rows
 
 

@@ -1,0 +1,115 @@
+"""Fold ensembles: the fold models of one combination, used as one model.
+
+After cross-validation every combination has ``folds x repeats x seeds`` trained models, each of
+which saw part of the development set. Their mean class probability
+(:class:`matseg.models.FoldEnsemble`) is the deployment model of the combination, and the one
+the test split scores ONCE, at the end, after the decision was made on out-of-fold evidence. Each
+fold model alone is scored on the same images too, to say whether the ensemble is worth its cost.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from matseg.job import PreparedData, evaluate_split
+from matseg.models import FoldEnsemble
+from matseg.plan import content_hash
+from matseg.results import EnsembleResult, JobResult
+from matseg.rundir import RunDir
+from matseg.trained import load_model
+
+Say = Callable[[str], None]
+
+
+def fold_groups(results: Sequence[JobResult]) -> dict[tuple[str, str, str, str], list[JobResult]]:
+    """Cross-validation jobs by combination (dataset, encoder, decoder, weights), plan order."""
+    groups: dict[tuple[str, str, str, str], list[JobResult]] = defaultdict(list)
+    for r in results:
+        if r.job.fold is not None:
+            groups[r.job.combination].append(r)
+    return dict(groups)
+
+
+def ensemble_hash(members: Sequence[JobResult]) -> str:
+    """The ensemble's name: a hash of its members' job hashes (a new fold, a new ensemble)."""
+    return content_hash(sorted(r.job.hash for r in members))
+
+
+def ensemble_model(run: RunDir, members: Sequence[JobResult]) -> FoldEnsemble:
+    """The members' trained models as one (eval mode)."""
+    return FoldEnsemble([load_model(run, r) for r in members]).eval()
+
+
+def scored_splits(data: PreparedData, members: Sequence[JobResult]) -> list[str]:
+    """The splits an ensemble is scored on: the test split (unless cross-validation used it as
+    development images) and the shift sets."""
+    fold = members[0].job.fold
+    used = {"train", "val"} | ({"test"} if fold is not None and fold.test == "none" else set())
+    splits = data.inspection.split.splits
+    return sorted(s for s in splits if s not in used and splits[s])
+
+
+def score_ensemble(
+    run: RunDir, members: Sequence[JobResult], data: PreparedData
+) -> EnsembleResult | None:
+    """Score one combination's fold ensemble (and each member alone) on the test split and shift
+    sets, keeping the ensemble's masks; None when there is nothing to score."""
+    splits = scored_splits(data, members)
+    if not splits:
+        return None
+    name = ensemble_hash(members)
+    first = members[0].job
+    development = [i.key for i in data.development_items(first.fold.test if first.fold else "")]
+    frequencies = data.frequencies(development)
+    models = [load_model(run, r) for r in members]
+    ensemble = FoldEnsemble(models).eval()
+    evaluations, alone, member_mean = {}, {}, {}
+    for split in splits:
+        images = data.dataset.split(split)
+        evaluations[split] = evaluate_split(
+            ensemble, images, split, first.training, first.seed, frequencies,
+            lambda split, key, mask: run.write_ensemble_prediction(name, split, key, mask),
+        )  # fmt: skip
+        singles = {
+            r.job.hash: evaluate_split(m, images, split, first.training, first.seed, frequencies)
+            for r, m in zip(members, models, strict=True)
+        }
+        alone[split] = {h: s.scores.macro_iou for h, s in singles.items()}
+        per_image = np.array(
+            [[np.nan if v is None else v for v in s.scores.per_image.macro_iou]
+             for s in singles.values()]
+        )  # fmt: skip
+        member_mean[split] = [
+            None if np.isnan(v) else float(v) for v in np.nanmean(per_image, axis=0)
+        ]
+    result = EnsembleResult(
+        hash=name, dataset=first.dataset, encoder=first.encoder, decoder=first.decoder,
+        weights=first.weights, members=[r.job.hash for r in members], classes=members[0].classes,
+        evaluations=evaluations, members_macro_iou=alone, members_per_image=member_mean,
+    )  # fmt: skip
+    run.write_ensemble(result)
+    return result
+
+
+def score_ensembles(
+    run: RunDir,
+    results: Sequence[JobResult],
+    prepared: dict[str, PreparedData],
+    say: Say | None = None,
+) -> list[EnsembleResult]:
+    """Every combination's fold ensemble, scored once (one already on disk is kept)."""
+    out = []
+    for (dataset, encoder, decoder, _), members in fold_groups(results).items():
+        existing = run.read_ensemble(ensemble_hash(members))
+        if existing is not None:
+            out.append(existing)
+            continue
+        if say is not None:
+            say(f"scoring the fold ensemble of {dataset} / {encoder} + {decoder} on the test split")
+        scored = score_ensemble(run, members, prepared[dataset])
+        if scored is not None:
+            out.append(scored)
+    return out

@@ -222,14 +222,19 @@ def test_demo_runs_the_quickstart_end_to_end(
 ) -> None:
     """`matseg demo` (sized down): data, check, a pretrained grid, the results table, resumable."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = ["demo", "--out", str(tmp_path), "--n-images", "16", "--max-epochs", "2",
-            "--minutes", "0.2", "--decoder", "unet", "--decoder", "deeplabv3plus"]  # fmt: skip
+    args = ["demo", "--out", str(tmp_path), "--n-images", "24", "--max-epochs", "2",
+            "--folds", "2"]  # fmt: skip
     got = CliRunner().invoke(app, args)
     assert got.exit_code == 0, got.output
-    assert "results (Table 3)" in got.output and "trained 2, reused 0" in got.output
+    assert "results (Table 3)" in got.output and "trained 4, reused 0" in got.output
+    assert "2-fold cross-validation of the" in got.output and ": use " in got.output
+    assert "test macro IoU of" in got.output  # the honest estimate, scored once
     run = next((tmp_path / "runs").iterdir())
     rows = (run / "results.csv").read_text().splitlines()
-    assert len(rows) == 3 and "tu-tf_efficientnet_lite0" in rows[1]
+    assert len(rows) == 5 and "tu-tf_efficientnet_lite0" in rows[1]  # 2 decoders x 2 folds
+    assert all(",oof," in row for row in rows[1:])
+    profile = json.loads((tmp_path / "demo-profile.json").read_text())
+    assert "max_minutes" not in profile["training"]  # an epoch budget: the same on any CPU
     metrics = json.loads(next(run.glob("jobs/*/metrics.json")).read_text())
     assert metrics["weights"]["source"] == "efficientnet-lite0"
     assert (
@@ -238,4 +243,4 @@ def test_demo_runs_the_quickstart_end_to_end(
         > 0
     )
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0 and "trained 0, reused 2" in again.output
+    assert again.exit_code == 0 and "trained 0, reused 4" in again.output

@@ -95,6 +95,7 @@ def test_plan_is_the_cartesian_product_with_stable_hashes(tmp_path: Path) -> Non
             "weights": "none",
         },
         "training": {"seeds": [0, 1], "patch_size": 32},
+        "evaluation": {"protocol": "holdout"},
     }
     plan = compile_plan(load_profile(_write(tmp_path, data)))
     assert len(plan.jobs) == 2 * 2 * 2
@@ -153,12 +154,14 @@ def test_cli_plan_json(tmp_path: Path) -> None:
             "datasets": ["data/dataset.json"],
             "model": {"encoders": ["resnet18"], "decoders": ["unet", "fpn"], "weights": "none"},
             "training": {"patch_size": 32},
+            "evaluation": {"folds": 2},
         },
     )
     got = CliRunner().invoke(app, ["plan", str(path), "--json"])
     assert got.exit_code == 0, got.output
     plan = json.loads(got.stdout)
-    assert [j["decoder"] for j in plan["jobs"]] == ["unet", "fpn"]
+    assert [j["decoder"] for j in plan["jobs"]] == ["unet", "unet", "fpn", "fpn"]
+    assert [j["fold"]["index"] for j in plan["jobs"]] == [0, 1, 0, 1]
 
 
 @pytest.mark.parametrize(
@@ -172,6 +175,12 @@ def test_example_profiles_validate_and_plan(path: Path) -> None:
     assert all(s.is_file() for s in specs)
     if (ROOT.parent / "shared" / "data").is_dir():
         plan = compile_plan(profile)
-        assert len(plan.jobs) == len(specs) * len(profile.model.encoders) * len(
-            profile.model.decoders
-        ) * len(profile.training.seeds)
+        assert (
+            len(plan.jobs)
+            == len(specs)
+            * len(profile.model.encoders)
+            * len(profile.model.decoders)
+            * len(profile.training.seeds)
+            * profile.evaluation.folds
+            * profile.evaluation.repeats
+        )

@@ -439,7 +439,13 @@ def run_command(
 
 RunOption = Annotated[Path, typer.Option("--run", help="Run folder (runs/<name>-<hash>).")]
 JobOption = Annotated[
-    str | None, typer.Option("--job", help="Job hash or prefix (default: best validation IoU).")
+    str | None,
+    typer.Option(
+        "--job",
+        help="A job hash (prefix) for one model, or ensemble-<hash> (default: the recommended "
+        "combination's fold ensemble after cross-validation, else its best job by validation "
+        "IoU).",
+    ),
 ]
 
 
@@ -840,7 +846,8 @@ def export_command(
     job: JobOption = None,
     onnx: Annotated[bool, typer.Option(help="Also write model.onnx (checked).")] = True,
 ) -> None:
-    """A job's model as safetensors + config + model card (smp from_pretrained) and ONNX."""
+    """A job's model (default: the recommended fold ensemble) as safetensors + config + model
+    card (smp from_pretrained) and ONNX."""
     from matseg.deploy.export import export_onnx, export_package
     from matseg.rundir import RunDir
     from matseg.trained import load_trained
@@ -848,8 +855,8 @@ def export_command(
     with _friendly_errors():
         trained = load_trained(RunDir.existing(run), job)
         folder = export_package(trained, out_dir)
-        out.print(f"{trained.job.label()}: {folder} (config.json, model.safetensors, README.md)",
-                  highlight=False)  # fmt: skip
+        files = "fold-*/, ensemble.json" if trained.members else "config.json, model.safetensors"
+        out.print(f"{trained.label}: {folder} ({files}, README.md)", highlight=False)
         if onnx:
             result = export_onnx(trained, out_dir / "model.onnx")
             out.print(f"ONNX: {result.path} (opset {result.opset}); onnxruntime vs PyTorch on "
@@ -858,6 +865,9 @@ def export_command(
 
 
 # --- demo ---------------------------------------------------------------------------------------
+
+
+DEMO_EPOCHS = 30
 
 
 @app.command("demo")
@@ -877,8 +887,8 @@ def demo(
     decoders: Annotated[
         list[str] | None, typer.Option("--decoder", help="Decoders (repeat the option).")
     ] = None,
-    max_epochs: Annotated[int, typer.Option(help="Epoch cap per job.")] = 40,
-    minutes: Annotated[float, typer.Option(help="Training time budget per job.")] = 1.0,
+    max_epochs: Annotated[int, typer.Option(help="Epoch budget per job.")] = DEMO_EPOCHS,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (2 or more).")] = 3,
 ) -> None:
     """The offline quickstart: generate micrographs, check them, train and compare a small grid."""
     from matseg.atomic import write_json
@@ -907,7 +917,7 @@ def demo(
                 weights,
                 list(decoders) if decoders else None,
                 max_epochs,
-                minutes,
+                folds,
             ),
         )
         out.print(f"profile: {profile_path}", highlight=False)

@@ -9,38 +9,17 @@ fold model alone is scored on the same images too, to say whether the ensemble i
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from matseg.job import PreparedData, evaluate_split
 from matseg.models import FoldEnsemble
-from matseg.plan import content_hash
-from matseg.results import EnsembleResult, JobResult
+from matseg.results import EnsembleResult, JobResult, ensemble_hash, fold_groups
 from matseg.rundir import RunDir
 from matseg.trained import load_model
 
 Say = Callable[[str], None]
-
-
-def fold_groups(results: Sequence[JobResult]) -> dict[tuple[str, str, str, str], list[JobResult]]:
-    """Cross-validation jobs by combination (dataset, encoder, decoder, weights), plan order."""
-    groups: dict[tuple[str, str, str, str], list[JobResult]] = defaultdict(list)
-    for r in results:
-        if r.job.fold is not None:
-            groups[r.job.combination].append(r)
-    return dict(groups)
-
-
-def ensemble_hash(members: Sequence[JobResult]) -> str:
-    """The ensemble's name: a hash of its members' job hashes (a new fold, a new ensemble)."""
-    return content_hash(sorted(r.job.hash for r in members))
-
-
-def ensemble_model(run: RunDir, members: Sequence[JobResult]) -> FoldEnsemble:
-    """The members' trained models as one (eval mode)."""
-    return FoldEnsemble([load_model(run, r) for r in members]).eval()
 
 
 def scored_splits(data: PreparedData, members: Sequence[JobResult]) -> list[str]:

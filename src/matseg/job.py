@@ -45,6 +45,7 @@ from matseg.results import (
     Scores,
     SplitResult,
     WeightsLoaded,
+    late_gain,
 )
 from matseg.rundir import DatasetFacts, RunDir
 from matseg.training import FitResult, fit, predict, process_rank, uses_channels_last
@@ -101,18 +102,20 @@ class PreparedData:
         names = ("train", "val", "test") if test == "none" else ("train", "val")
         return [item for name in names for item in splits.get(name, [])]
 
+    def presence(self) -> dict[str, frozenset[int]]:
+        """Image key -> the class ids present in its mask (what balances the folds)."""
+        return {
+            key: frozenset(c for c, n in (stats.class_counts or {}).items() if n)
+            for key, stats in self.inspection.stats.items()
+        }
+
     def folds(self, cv: CvFold) -> list[Fold]:
         """Every fold of the cross-validation ``cv`` belongs to (drawn once per dataset)."""
         key = (cv.folds, cv.repeats, cv.seed, cv.test, cv.inner_val)
         if key not in self._folds:
             items = self.development_items(cv.test)
-            stats = self.inspection.stats
-            presence = {
-                i.key: frozenset(c for c, n in (stats[i.key].class_counts or {}).items() if n)
-                for i in items
-            }
             self._folds[key] = cross_validation_folds(
-                items, cv.folds, cv.repeats, cv.seed, presence, cv.inner_val
+                items, cv.folds, cv.repeats, cv.seed, self.presence(), cv.inner_val
             )
         return self._folds[key]
 
@@ -374,6 +377,7 @@ def run_job(
             stopped_by=fitted.stopped_by,
             train_seconds=fitted.seconds,
             train_class_frequencies=parts.train_frequencies.tolist(),
+            late_val_gain=late_gain([row["val_iou"] for row in fitted.history]),
             fold=None if parts.fold is None else FoldImages.of(parts.fold),
             evaluations=evaluations,
             provenance=JobProvenance(

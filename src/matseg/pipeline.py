@@ -16,15 +16,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from matseg.api import Run
+from matseg.datasets.folds import fold_notes
 from matseg.decision import decide, recommended_combinations
 from matseg.errors import SpecError
 from matseg.execution.local import run_sequentially
 from matseg.job import PreparedData, prepare_dataset, run_job
 from matseg.plan import Job, Plan, compile_plan
 from matseg.profile import Profile, resolve_datasets
-from matseg.results import best_rows, results_rows
+from matseg.results import JobResult, best_rows, ensemble_name, fold_groups, results_rows
 from matseg.rundir import EXPLAIN_FILE, RunDir
 from matseg.training import process_rank
 
@@ -49,6 +51,33 @@ def _follow_rank_zero(plan: Plan, run: RunDir) -> list[str]:
     return trained
 
 
+def _draw_folds(plan: Plan, prepared: dict[str, PreparedData], say: Say) -> None:
+    """Draw each dataset's cross-validation folds before any training: a dataset too small for
+    its folds stops the run here, and a class too rare to reach every fold is said."""
+    drawn = set()
+    for job in plan.jobs:
+        if job.fold is None or job.dataset in drawn:
+            continue
+        drawn.add(job.dataset)
+        data = prepared[job.dataset]
+        folds = data.folds(job.fold)
+        for note in fold_notes(data.development_items(job.fold.test), folds, data.presence()):
+            say(f"{job.dataset}: {note}")
+
+
+def _deployed(
+    results: list[JobResult], best: list[dict[str, Any]], chosen: dict[str, tuple[str, str, str]]
+) -> dict[str, str]:
+    """What quality control and explanations work on, per dataset (name -> dataset): the
+    recommended combination's fold ensemble after cross-validation, else its best job."""
+    groups = fold_groups(results)
+    out = {}
+    for row in best:
+        members = groups.get((row["dataset"], *chosen.get(row["dataset"], ("", "", ""))))
+        out[ensemble_name(members) if members else row["job"]] = row["dataset"]
+    return out
+
+
 def _explain_best(
     run: RunDir, profile: Profile, best: dict[str, str], prepared: dict[str, PreparedData],
     say: Say,
@@ -65,13 +94,13 @@ def _explain_best(
     )  # fmt: skip
     for job, dataset in best.items():
         trained = load_trained(run, job, prepared[dataset])
-        test = trained.result.evaluations.get("test")
+        test = trained.evaluations.get("test")
         sources = list(dict.fromkeys(i.source for i in test.images)) if test else []
         for source in sources[: settings.images]:
             image = Path(source)
-            if (run.explain_dir(job, image.stem) / EXPLAIN_FILE).is_file():
+            if (run.explain_dir(trained.name, image.stem) / EXPLAIN_FILE).is_file():
                 continue
-            say(f"explaining {image.name} with {trained.job.label()}")
+            say(f"explaining {image.name} with {trained.label}")
             explain_image(run, image, settings.roi, job, options, trained=trained)
 
 
@@ -121,6 +150,7 @@ def run(
             for spec in specs
         }
         folder.write_fingerprints([data.facts() for data in prepared.values()])
+        _draw_folds(plan, prepared, say)
         pending = [job for job in plan.jobs if not folder.finished(job.hash)]
         reused = [job.hash for job in plan.jobs if job not in pending]
         trained = _execute(
@@ -138,7 +168,7 @@ def run(
         chosen = recommended_combinations(decisions)
         rows = results_rows(results)
         folder.write_tables(rows, chosen)
-        best = {row["job"]: row["dataset"] for row in best_rows(rows, chosen)}
+        best = _deployed(results, best_rows(rows, chosen), chosen)
         if profile.qc.enabled:  # quality control of the best job per dataset (kept on --resume)
             from matseg.qc.pipeline import quality_control_for_run  # scikit-learn when asked
 

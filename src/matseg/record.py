@@ -33,7 +33,15 @@ from matseg.decision import (
 )
 from matseg.errors import MatsegError, read_json
 from matseg.plan import Job
-from matseg.results import EnsembleResult, JobResult, SplitResult, best_rows, results_rows
+from matseg.results import (
+    EnsembleResult,
+    JobResult,
+    SplitResult,
+    best_rows,
+    ensemble_name,
+    fold_groups,
+    results_rows,
+)
 from matseg.rundir import (
     EXPLAIN_FIGURE,
     HEATMAP_FILE,
@@ -555,6 +563,7 @@ def build_record(run: RunDir | Path) -> EvaluationRecord:
                 _dataset_context(result.job, task, result.classes, facts.get(result.job.dataset))
             )
     by_job = {r.job.hash: r.job.dataset for r in finished}
+    by_job |= {ensemble_name(m): c[0] for c, m in fold_groups(finished).items()}
     quality, explanations = _quality(run, by_job), _explanations(run, by_job)
     decisions = decide_run(run, finished)
     figures = {

@@ -9,11 +9,16 @@ never used for a choice) and shows its test numbers.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from matseg.plan import Job
+from matseg.plan import Job, content_hash
+from matseg.selection import TIE_MARGIN
+
+CONVERGENCE_GAIN = TIE_MARGIN  # IoU gained late in training that still counts as "rising"
 
 Number = float | None  # NaN is written as NaN by the jobs; JSON null reads as None
 
@@ -122,16 +127,29 @@ class FoldImages(_Result):
         )
 
 
-def converged(stopped_by: str, epochs: int, best_epoch: int) -> bool:
+def late_gain(val_iou: list[float]) -> float | None:
+    """How much validation IoU rose in the last quarter of the epochs run (at least the last
+    epoch): its best there minus its best before; None with fewer than two epochs."""
+    values = [v for v in val_iou if v == v]  # NaN-free
+    if len(values) < 2:
+        return None
+    tail = max(1, len(values) // 4)
+    return float(max(values[-tail:]) - max(values[:-tail]))
+
+
+def converged(stopped_by: str, epochs: int, best_epoch: int, gain: float | None = None) -> bool:
     """Whether training had settled when it stopped.
 
     Early stopping means it had (validation IoU stopped improving for ``patience`` epochs). A
-    budget (``max_epochs`` or ``max_minutes``) that stopped it while validation IoU was still
-    rising did not: "still rising" is a best epoch (0-based) among the last quarter of the
-    epochs run, at least the last one.
+    budget (``max_epochs`` or ``max_minutes``) stopped it while validation IoU was still rising
+    when, in the last quarter of the epochs run, it rose by ``CONVERGENCE_GAIN`` (the tie margin:
+    less would not change any verdict) or more (``gain``, :func:`late_gain`). Results written
+    before matseg 0.3 have no gain: there a best epoch among that last quarter means rising.
     """
     if stopped_by == "early stopping":
         return True
+    if gain is not None:
+        return gain < CONVERGENCE_GAIN
     return best_epoch < epochs - max(1, epochs // 4)
 
 
@@ -156,11 +174,12 @@ class JobResult(_Result):
     evaluations: dict[str, SplitResult] = Field(default_factory=dict)
     provenance: JobProvenance = Field(default_factory=JobProvenance)
     fold: FoldImages | None = None  # cross-validation jobs only
+    late_val_gain: Number = None  # validation IoU gained in the last quarter of the epochs
 
     @property
     def converged(self) -> bool:
         """False when a budget stopped training while validation IoU was still rising."""
-        return converged(self.stopped_by, self.epochs, self.best_epoch)
+        return converged(self.stopped_by, self.epochs, self.best_epoch, self.late_val_gain)
 
 
 class EnsembleResult(_Result):
@@ -187,6 +206,28 @@ class EnsembleResult(_Result):
     members_per_image: dict[str, list[Number]] = Field(
         default_factory=dict, description="split -> per-image macro IoU, mean of the members"
     )
+
+
+def fold_groups(results: Sequence[JobResult]) -> dict[tuple[str, str, str, str], list[JobResult]]:
+    """Cross-validation jobs by combination (dataset, encoder, decoder, weights), plan order."""
+    groups: dict[tuple[str, str, str, str], list[JobResult]] = defaultdict(list)
+    for r in results:
+        if r.job.fold is not None:
+            groups[r.job.combination].append(r)
+    return dict(groups)
+
+
+def ensemble_hash(members: Sequence[JobResult]) -> str:
+    """The ensemble's name: a hash of its members' job hashes (a new fold, a new ensemble)."""
+    return content_hash(sorted(r.job.hash for r in members))
+
+
+ENSEMBLE = "ensemble-"  # the prefix of a fold ensemble's name
+
+
+def ensemble_name(members: Sequence[JobResult]) -> str:
+    """``ensemble-<hash>``: what names a fold ensemble wherever a job hash is accepted."""
+    return ENSEMBLE + ensemble_hash(members)
 
 
 COLUMNS = [

@@ -219,6 +219,9 @@ class RunDir:
     ) -> Path:
         return write_bytes(self.ensemble_prediction_file(ensemble, split, key), mask_png(mask))
 
+    def read_ensemble_prediction(self, ensemble: str, split: str, key: str) -> np.ndarray:
+        return _read_mask(self.ensemble_prediction_file(ensemble, split, key))
+
     def write_ensemble(self, result: EnsembleResult) -> Path:
         return write_json(
             self.ensemble_dir(result.hash) / "metrics.json", result.model_dump(mode="json")
@@ -359,13 +362,7 @@ class RunDir:
         return write_bytes(self.prediction_file(job, split, key), mask_png(mask))
 
     def read_prediction(self, job: str, split: str, key: str) -> np.ndarray:
-        from PIL import Image
-
-        path = self.prediction_file(job, split, key)
-        if not path.is_file():
-            raise RunFolderError(str(path), "a predicted mask", "no such file", _REMEDY)
-        with Image.open(path) as im:
-            return np.asarray(im).astype(np.int64)
+        return _read_mask(self.prediction_file(job, split, key))
 
     def write_tables(
         self, rows: list[dict[str, Any]], chosen: dict[str, tuple[str, str, str]] | None = None
@@ -413,6 +410,16 @@ class RunDir:
             yield note
         finally:
             self.lock_file.unlink(missing_ok=True)
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """A predicted class-id PNG; a missing one is a one-line error with the remedy."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise RunFolderError(str(path), "a predicted mask", "no such file", _REMEDY)
+    with Image.open(path) as im:
+        return np.asarray(im).astype(np.int64)
 
 
 def mask_png(mask: np.ndarray) -> bytes:

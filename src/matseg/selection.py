@@ -9,11 +9,13 @@ Holm-corrected over all ``k (k - 1) / 2`` pairs: the chance of any false "better
 whichever combination the data made best, stays at most ``alpha``. Then, for the best against
 each other combination:
 
-- **better**: its corrected p < ``alpha``, the mean difference is positive and the paired
-  bootstrap CI excludes 0;
 - **equivalent**: two one-sided tests (TOST: signed-rank on ``difference + margin`` > 0 and on
   ``margin - difference`` > 0) put the difference inside ``+-margin``, Holm-corrected over the
-  best's comparisons, so a "tie" means "proved close", not "not proved different";
+  best's comparisons, so a "tie" means "proved close", not "not proved different" (a
+  difference proved both nonzero and smaller than the margin is equivalent: the margin is
+  what the user called too small to matter);
+- **better**: not equivalent, its corrected p < ``alpha``, the mean difference is positive and
+  the paired bootstrap CI excludes 0;
 - **undecided**: neither.
 
 :func:`power` simulates the whole procedure (``docs/statistics.md`` has its table for 20-image
@@ -119,10 +121,10 @@ def compare_to_best(
     for (other, diff, ci, p_eq), p_eq_h in zip(raw, p_eq_holm, strict=True):
         p, p_h = (float(v) for v in p_pairs[(best, other)])
         verdict: Verdict = "undecided"
-        if p_h < alpha and diff.mean() > 0 and ci[0] > 0:
-            verdict = "better"
-        elif p_eq_h < alpha:
+        if p_eq_h < alpha:  # proved inside the margin, even if also proved nonzero
             verdict = "equivalent"
+        elif p_h < alpha and diff.mean() > 0 and ci[0] > 0:
+            verdict = "better"
         out.append(Comparison(best, other, n, float(diff.mean()), ci, p, p_h,
                               p_eq, float(p_eq_h), verdict))  # fmt: skip
     return out

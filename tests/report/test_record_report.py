@@ -110,7 +110,8 @@ def test_report_files_escape_user_text(reported_run: Path) -> None:
     for section in ("Recommendation", "Table 2", "Table 3", "Quality control", "Explanations"):
         assert section in html
     grid = (reported_run / "tables" / "table3_grid.csv").read_text().splitlines()
-    assert grid[0].startswith("dataset,split,encoder,decoder") and len(grid) == 2
+    # one job, two evaluated splits: val (the holdout decision's evidence) and test
+    assert grid[0].startswith("dataset,split,encoder,decoder") and len(grid) == 3
     md = (reported_run / "report.md").read_text()
     assert "## Every combination (Table 3)" in md and "| synthetic-particles | test |" in md
 
@@ -163,7 +164,7 @@ def test_compare_lines_up_jobs_and_shows_changes(reported_run: Path) -> None:
         diff.profile_changes
     )
     assert any(k == "packages.torch" for k, _, _ in diff.provenance_changes)
-    (change,) = diff.scores
+    (change,) = [c for c in diff.scores if c.split == "test"]
     assert change.delta == pytest.approx(0.05)
     assert compare_records(a, a).scores[0].delta == 0.0
     assert compare_records(a, a).profile_changes == []

@@ -59,7 +59,7 @@ def export_onnx(
 
 def _metrics_card(trained: TrainedJob) -> str:
     rows = []
-    for split, ev in trained.result.evaluations.items():
+    for split, ev in trained.evaluations.items():
         s = ev.scores
         lo, hi = s.interval("macro_iou")
         ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
@@ -77,12 +77,33 @@ def _f(value: float | None) -> str:
 
 
 def export_package(trained: TrainedJob, out: Path) -> Path:
-    """``out/`` with config.json + model.safetensors (smp ``from_pretrained``) and README.md."""
+    """``out/`` with config.json + model.safetensors (smp ``from_pretrained``) and README.md;
+    for a fold ensemble, one such folder per fold model (``fold-<i>/``), ``ensemble.json``
+    naming them and how they combine (mean of the softmax probabilities), and the card."""
     job, spec = trained.job, trained.data.inspection.spec
     model = trained.model.eval()
-    if not hasattr(model, "save_pretrained"):
-        raise ModelError(job.label(), "a segmentation-models-pytorch model", type(model).__name__)
-    model.save_pretrained(str(out))
+    members = list(getattr(model, "members", [])) if trained.members else [model]
+    for member in members:
+        if not hasattr(member, "save_pretrained"):
+            raise ModelError(
+                trained.label, "a segmentation-models-pytorch model", type(member).__name__
+            )
+    if trained.members:
+        folders = []
+        for i, (member, result) in enumerate(zip(members, trained.members, strict=True)):
+            member.save_pretrained(str(out / f"fold-{i}"))
+            folders.append({"folder": f"fold-{i}", "job": result.job.hash,
+                            "fold": result.job.fold.name if result.job.fold else None})  # fmt: skip
+        ensemble = {"combine": "mean of softmax probabilities", "members": folders}
+        write_bytes(out / "ensemble.json", (json.dumps(ensemble, indent=2) + "\n").encode())
+        how = (
+            f"a fold ensemble: load each `fold-<i>/` with `segmentation_models_pytorch."
+            f"from_pretrained` and average the {len(members)} models' softmax probabilities "
+            "(`ensemble.json`; the ONNX file does it in one graph)"
+        )
+    else:
+        model.save_pretrained(str(out))
+        how = 'load it with `segmentation_models_pytorch.from_pretrained("<this folder>")`'
     table, metrics = _metrics_card(trained), trained.result
     profile = trained.run.read_profile_data()
     card = f"""---
@@ -91,10 +112,10 @@ tags: [semantic-segmentation, materials-science, matseg]
 ---
 # {job.encoder} + {job.decoder} for {job.dataset}
 
-Trained by matseg (job `{job.hash}`, run `{trained.run.name}`), seed {job.seed}, encoder weights
-`{job.weights}`. Load it with `segmentation_models_pytorch.from_pretrained("<this folder>")`; inputs
-are {trained.data.in_channels}-channel images normalised as the dataset spec says
-(`{spec.normalise}`), outputs logits over the classes {", ".join(trained.data.classes)}.
+Trained by matseg (`{trained.name}`, run `{trained.run.name}`), seed {job.seed}, encoder weights
+`{job.weights}`: {how}. Inputs are {trained.data.in_channels}-channel images normalised as the
+dataset spec says (`{spec.normalise}`), outputs logits over the classes
+{", ".join(trained.data.classes)}.
 
 ## Data
 - dataset: {spec.name} ({spec.modality}{", " + spec.material if spec.material else ""})
@@ -106,7 +127,8 @@ are {trained.data.in_channels}-channel images normalised as the dataset spec say
 |---|---|---|---|---|
 {table}
 
-Best validation IoU {_f(metrics.best_val_iou)} at epoch {metrics.best_epoch}; trained
+Best validation IoU {_f(metrics.best_val_iou)} at epoch {metrics.best_epoch} (of the model, or the
+ensemble's best fold model); trained
 {metrics.epochs} epochs in {metrics.train_seconds or 0:.0f} s ({metrics.stopped_by}).
 
 ## Protocol (the run's profile)

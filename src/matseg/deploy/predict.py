@@ -293,7 +293,7 @@ def _quality(trained: TrainedJob, files: list[Path], slices: int = 16) -> list[d
     volume, when the job's quality control was fitted (``matseg qc fit``)."""
     from matseg.qc.workflow import LoadedJob, load_fitted, score_arrays, score_new_images
 
-    if not trained.run.qc_file(trained.job.hash, QC_FILE).is_file():
+    if not trained.run.qc_file(trained.name, QC_FILE).is_file():
         return []
     fitted = load_fitted(LoadedJob(trained, trained.run.qc_settings()))
     images = [f for f in files if not is_volume(f)]
@@ -316,7 +316,8 @@ def predict_inputs(
     options: PredictOptions | None = None,
     say: Say | None = None,
 ) -> PredictSummary:
-    """Predict every input with the run's job (default: best validation IoU); files into out."""
+    """Predict every input with the run's job or fold ensemble (default: the recommended
+    combination's fold ensemble, or its best job by validation IoU); files into out."""
     o = options or PredictOptions()
     say = say or (lambda _: None)
     trained = load_trained(run if isinstance(run, RunDir) else RunDir.existing(run), job)
@@ -327,7 +328,7 @@ def predict_inputs(
         precision=o.precision or trained.job.training.precision,
     )
     files = input_files(inputs, "an image, a TIFF stack or a folder of them")
-    summary = PredictSummary(trained.job.hash, out)
+    summary = PredictSummary(trained.name, out)
     out.mkdir(parents=True, exist_ok=True)
     for path in files:
         if is_volume(path):

@@ -93,13 +93,13 @@ def explain_image(
         if o.check_faithfulness
         else None
     )
-    folder = out or run.explain_dir(trained.job.hash, image_path.stem)
+    folder = out or run.explain_dir(trained.name, image_path.stem)
     write_npy(folder / HEATMAP_FILE, heat.image_map.astype(np.float32))
     write_npy(folder / "window_scores.npy", heat.window_scores)
     write_bytes(folder / EXPLAIN_FIGURE, figure(image, region, heat, prediction, faith))
     result = {
-        "job": trained.job.hash,
-        "job_label": trained.job.label(),
+        "job": trained.name,
+        "job_label": trained.label,
         "image": str(image_path),
         "roi": roi or "whole image",
         "kernel": o.kernel,

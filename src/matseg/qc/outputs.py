@@ -38,13 +38,13 @@ def _masks(loaded: LoadedJob, split: str) -> list[tuple[str, np.ndarray]]:
 
 def _predictions(loaded: LoadedJob, split: str) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
     """(key, prediction, ground truth, image IoU) of every saved prediction of ``split``."""
-    evaluation = loaded.trained.result.evaluations.get(split)
+    evaluation = loaded.trained.evaluations.get(split)
     if evaluation is None:
         return []
     truths = dict(_masks(loaded, split))
     out = []
     for info, cm in zip(evaluation.images, evaluation.confusions, strict=True):
-        pred = loaded.run.read_prediction(loaded.job.hash, split, info.key)
+        pred = loaded.trained.prediction(split, info.key)
         iou = float(np.nanmean(metrics.iou(np.asarray(cm))))
         out.append((info.key, pred, truths[info.key][0].astype(np.int64), iou))
     return out
@@ -96,7 +96,7 @@ def output_qc(
     typ = np.array([r["score"] for r in rows])
     rho = float(spearmanr(typ, ious).statistic) if len(rows) > 2 else float("nan")
     result = {
-        "job": loaded.job.hash,
+        "job": loaded.trained.name,
         "extractor": "mask-morphology",
         "detector": s.detector,
         "threshold": threshold,

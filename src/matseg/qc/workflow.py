@@ -61,7 +61,8 @@ class LoadedJob:
 
     @property
     def model(self) -> Any:
-        return self.trained.model
+        """The network whose encoder embeds images (an ensemble's best member)."""
+        return self.trained.feature_model
 
     @property
     def data(self) -> PreparedData:
@@ -69,10 +70,10 @@ class LoadedJob:
 
     @property
     def folder(self) -> Path:
-        return self.run.qc_dir(self.job.hash)
+        return self.run.qc_dir(self.trained.name)
 
     def file(self, name: str) -> Path:
-        return self.run.qc_file(self.job.hash, name)
+        return self.run.qc_file(self.trained.name, name)
 
     def estimator(self) -> TypicalityQC:
         """A fresh (unfitted) estimator of these settings on this job's model."""
@@ -313,8 +314,8 @@ def evaluate_qc(
         else {}
     )
     result = {
-        "job": loaded.job.hash,
-        "job_label": loaded.job.label(),
+        "job": loaded.trained.name,
+        "job_label": loaded.trained.label,
         "settings": s.model_dump(mode="json"),
         "convention": "score = typicality (higher = more in-distribution); ID = the test split's "
         "patches; thresholds fixed on the validation split before any shifted data",

@@ -1,0 +1,218 @@
+"""Cross-validated runs end to end: folds, out-of-fold evidence, the test split deciding nothing.
+
+One tiny run (two decoders x three folds, one epoch each on 64 px synthetic particles) is shared
+by the module; the test-mask test runs a second one on a copy of the data whose test masks are
+all wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from matseg import metrics
+from matseg.api import Run
+from matseg.datasets.spec import load_spec
+from matseg.job import prepare_dataset
+from matseg.pipeline import run
+from matseg.plan import compile_plan
+from matseg.profile import load_profile
+from matseg.record import read_record
+
+PROFILE = {
+    "name": "cv",
+    "datasets": ["data/dataset.json"],
+    "model": {"encoders": ["resnet18"], "decoders": ["unet", "fpn"], "weights": "none"},
+    "training": {"batch_size": 4, "max_epochs": 1, "patch_size": 64},
+    "evaluation": {"protocol": "cv", "folds": 3},
+}
+
+
+def _run(root: Path) -> Run:
+    (root / "profile.json").write_text(json.dumps(PROFILE))
+    return run(load_profile(root / "profile.json"), root / "runs", progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def cv_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from matseg.datasets.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("cvdata")
+    write_synthetic_dataset(root / "data", kind="particles", n_images=24, size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cv_run(cv_data: Path) -> Run:
+    return _run(cv_data)
+
+
+def test_a_fold_job_per_combination_and_fold_each_with_its_own_hash(cv_data: Path) -> None:
+    (cv_data / "p.json").write_text(json.dumps(PROFILE))
+    plan = compile_plan(load_profile(cv_data / "p.json"))
+    assert len(plan.jobs) == 6 and len({j.hash for j in plan.jobs}) == 6
+    assert [j.fold.name for j in plan.jobs if j.fold] == ["r0f0", "r0f1", "r0f2"] * 2
+    holdout = {**PROFILE, "evaluation": {"protocol": "holdout"}}
+    (cv_data / "h.json").write_text(json.dumps(holdout))
+    jobs = compile_plan(load_profile(cv_data / "h.json")).jobs
+    assert len(jobs) == 2 and all(j.fold is None for j in jobs)
+    # more repeats add jobs and keep those of repeat 0 (same hashes: resumable)
+    (cv_data / "r.json").write_text(
+        json.dumps({**PROFILE, "evaluation": {"protocol": "cv", "folds": 3, "repeats": 2}})
+    )
+    repeated = compile_plan(load_profile(cv_data / "r.json")).jobs
+    assert len(repeated) == 12 and {j.hash for j in plan.jobs} < {j.hash for j in repeated}
+
+
+def test_folds_are_disjoint_cover_the_development_set_and_keep_groups(cv_run: Run) -> None:
+    results = [j.result for j in cv_run.jobs]
+    data = prepare_dataset(results[0].job.spec)
+    development = {i.key for i in data.development_items()}
+    test = {i.key for i in data.inspection.split.splits["test"]}
+    group = {i.key: i.group for i in data.development_items()}
+    for decoder in ("unet", "fpn"):
+        folds = [r.fold for r in results if r.job.decoder == decoder and r.fold]
+        held = [set(f.held_out) for f in folds]
+        assert set().union(*held) == development  # every development image held out ...
+        assert sum(len(h) for h in held) == len(development)  # ... exactly once
+        for f in folds:
+            train, inner, out = set(f.train), set(f.inner_val), set(f.held_out)
+            assert not (train & inner or train & out or inner & out)
+            assert train | inner | out == development and not (development & test)
+            groups = [{group[k] for k in part} for part in (train, inner, out)]
+            assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    # the same folds for every combination, so out-of-fold scores pair image by image
+    by_decoder = {
+        d: [r.fold.held_out for r in results if r.job.decoder == d and r.fold]
+        for d in ("unet", "fpn")
+    }
+    assert by_decoder["unet"] == by_decoder["fpn"]
+
+
+def test_out_of_fold_metrics_equal_metrics_recomputed_from_the_saved_predictions(
+    cv_run: Run,
+) -> None:
+    data = prepare_dataset(cv_run.jobs[0].result.job.spec)
+    truth = {}
+    dev = data.dataset.subset([i.key for i in data.development_items()], "oof")
+    for i in range(len(dev)):
+        sample = dev[i]
+        truth[sample.meta.key] = sample.mask
+    for job in cv_run.jobs:
+        ev = job.result.evaluations["oof"]
+        assert "test" not in job.result.evaluations  # a fold job never sees the test split
+        confusions = []
+        for image in ev.images:
+            path = cv_run.folder.prediction_file(job.hash, "oof", image.key)
+            pred = np.asarray(Image.open(path)).astype(np.int64)
+            confusions.append(metrics.confusion_matrix(pred, truth[image.key], 2, 255))
+        assert np.array_equal(np.array(confusions), np.array(ev.confusions))
+        frequencies = np.array(job.result.train_class_frequencies)
+        again = metrics.score_images(np.array(confusions), ["background", "particle"], frequencies)
+        assert again.macro_iou == pytest.approx(ev.scores.macro_iou, abs=1e-12)
+    (decision,) = cv_run.decisions()
+    assert decision.evidence == "oof" and len(decision.images) == len(truth)
+
+
+def test_the_record_and_report_carry_the_decision_and_the_ensembles(cv_run: Run) -> None:
+    record = read_record(cv_run.folder.record_file)
+    (decision,) = record.decisions
+    assert decision.protocol == "cv" and decision.folds == 3
+    assert len(record.ensembles) == 2
+    for e in record.ensembles:
+        assert e.used_for_choice is False and len(e.members) == 3
+        assert set(e.evaluations) == {"test"}
+        assert e.evaluations["test"].n_images == record.datasets[0].splits["test"]
+        assert len(e.members_macro_iou["test"]) == 3
+    html = cv_run.report_path.read_text()
+    assert "3-fold cross-validation of the" in html
+    assert "not used for any choice" in html
+    assert "Per-image IoU differences" in html
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _without_hashes(decision: dict) -> dict:
+    """A decision without its job hashes (which follow the data's digest) and latencies (timed
+    on this machine, used only to break a tie in parameter counts)."""
+    ranking = [{**e, "jobs": None, "latency_ms": None} for e in decision["ranking"]]
+    return {**decision, "ranking": ranking}
+
+
+def test_no_test_image_influences_any_choice(cv_data: Path, cv_run: Run, tmp_path: Path) -> None:
+    """Every test mask replaced by its inverse: the same folds, checkpoints, out-of-fold numbers
+    and recommendation; only the test estimate changes."""
+    shutil.copytree(cv_data / "data", tmp_path / "data")
+    spec = load_spec(tmp_path / "data" / "dataset.json")
+    test_items = prepare_dataset(spec).inspection.split.splits["test"]
+    assert test_items
+    for item in test_items:
+        assert item.mask is not None
+        mask = np.asarray(Image.open(item.mask))
+        Image.fromarray((1 - mask).astype(np.uint8)).save(item.mask)
+    corrupted = _run(tmp_path)
+    a, b = cv_run.jobs, corrupted.jobs
+    assert [j.hash for j in a] != [j.hash for j in b]  # the data changed: every job retrained
+    for ja, jb in zip(a, b, strict=True):
+        assert ja.result.fold == jb.result.fold
+        assert _digest(cv_run.folder.weights_file(ja.hash)) == _digest(
+            corrupted.folder.weights_file(jb.hash)
+        )
+        assert ja.result.evaluations["oof"].confusions == jb.result.evaluations["oof"].confusions
+    da, db = read_record(cv_run.folder.record_file), read_record(corrupted.folder.record_file)
+    (before,), (after,) = da.decisions, db.decisions
+    assert _without_hashes(before.model_dump()) == _without_hashes(after.model_dump())
+    assert before.recommended is not None
+    tests_a = sorted(e.evaluations["test"].macro_iou for e in da.ensembles)
+    tests_b = sorted(e.evaluations["test"].macro_iou for e in db.ensembles)
+    assert tests_a != tests_b  # the test split was scored, and its masks did change
+
+
+def test_the_fold_ensemble_is_the_default_deployment_model(cv_run: Run, tmp_path: Path) -> None:
+    """predict, explain, qc and export take the recommended combination's fold ensemble by
+    default (named ensemble-<hash>), and --job still picks one fold model."""
+    from matseg.deploy.export import export_onnx, export_package
+    from matseg.deploy.predict import predict_inputs
+    from matseg.explain.run import explain_image
+    from matseg.qc.workflow import fit_qc, load_job
+    from matseg.profile import QualityControl
+    from matseg.trained import load_trained
+    from conftest import TINY_QC
+
+    trained = load_trained(cv_run.folder)
+    (decision,) = cv_run.decisions()
+    assert trained.name.startswith("ensemble-") and len(trained.members) == 3
+    assert f"{trained.job.encoder} + {trained.job.decoder}" == decision.recommended
+    (ensemble,) = [e for e in read_record(cv_run.folder.record_file).ensembles
+                   if e.name == decision.recommended]  # fmt: skip
+    assert trained.name == f"ensemble-{ensemble.hash}"
+    image = Path(ensemble.evaluations["test"].images[0].source)
+    summary = predict_inputs(cv_run.folder, [image], tmp_path / "pred")
+    assert summary.job == trained.name
+    mask = np.asarray(Image.open(summary.predictions[0].mask))
+    saved = trained.prediction("test", ensemble.evaluations["test"].images[0].key)
+    assert (mask == saved).mean() > 0.99  # tiled prediction = the ensemble scored at the end
+    single = trained.members[0].job.hash
+    assert predict_inputs(cv_run.folder, [image], tmp_path / "one", job=single).job == single
+    explained = explain_image(cv_run.folder, image, "8,8,40,40")
+    assert explained["job"] == trained.name
+    assert (cv_run.folder.explain_dir(trained.name, image.stem) / "explain.json").is_file()
+    loaded = load_job(cv_run.folder, settings=QualityControl(**TINY_QC))
+    fit_qc(loaded)
+    assert loaded.folder == cv_run.folder.qc_dir(trained.name)
+    assert (loaded.folder / "embeddings.npz").is_file()
+    exported = export_package(trained, tmp_path / "export")
+    members = json.loads((exported / "ensemble.json").read_text())["members"]
+    assert [m["fold"] for m in members] == ["r0f0", "r0f1", "r0f2"]
+    assert all((exported / m["folder"] / "config.json").is_file() for m in members)
+    pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+    onnx = export_onnx(trained, exported / "model.onnx")
+    assert onnx.max_abs_difference < 1e-3

@@ -179,13 +179,13 @@ def test_no_test_image_influences_any_choice(cv_data: Path, cv_run: Run, tmp_pat
 def test_the_fold_ensemble_is_the_default_deployment_model(cv_run: Run, tmp_path: Path) -> None:
     """predict, explain, qc and export take the recommended combination's fold ensemble by
     default (named ensemble-<hash>), and --job still picks one fold model."""
+    from conftest import TINY_QC
     from matseg.deploy.export import export_onnx, export_package
     from matseg.deploy.predict import predict_inputs
     from matseg.explain.run import explain_image
-    from matseg.qc.workflow import fit_qc, load_job
     from matseg.profile import QualityControl
+    from matseg.qc.workflow import fit_qc, load_job
     from matseg.trained import load_trained
-    from conftest import TINY_QC
 
     trained = load_trained(cv_run.folder)
     (decision,) = cv_run.decisions()

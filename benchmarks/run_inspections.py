@@ -41,6 +41,7 @@ def main() -> None:
             "datasets": [str(spec)],
             "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
             "training": {"batch_size": 4, "max_epochs": 1, "patch_size": 64},
+            "evaluation": {"protocol": "holdout"},  # one job, as before folds existed
             "qc": {
                 "enabled": True,
                 "extractors": ["classical"],

@@ -42,10 +42,16 @@ def profile(dataset: str, protocol: str, epochs: int, crops: int) -> dict:
             "weights": "efficientnet-lite0",
         },
         "training": {
-            "batch_size": 8, "learning_rate": 1e-3, "max_epochs": epochs, "patience": 10,
-            "patch_size": 256, "crops_per_epoch": crops, "loss": "ce+dice",
-            "precision": "bf16-mixed", "seeds": [0],
-        },  # fmt: skip
+            "batch_size": 8,
+            "learning_rate": 1e-3,
+            "max_epochs": epochs,
+            "patience": 10,
+            "patch_size": 256,
+            "crops_per_epoch": crops,
+            "loss": "ce+dice",
+            "precision": "bf16-mixed",
+            "seeds": [0],
+        },
         "evaluation": evaluation,
     }
 

@@ -216,3 +216,36 @@ def test_the_fold_ensemble_is_the_default_deployment_model(cv_run: Run, tmp_path
     pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     onnx = export_onnx(trained, exported / "model.onnx")
     assert onnx.max_abs_difference < 1e-3
+
+
+def test_successive_halving_trains_rung_by_rung_and_decides_on_the_last(
+    cv_data: Path, tmp_path: Path
+) -> None:
+    """Two rungs (1 then 2 epochs): the last rung's jobs are the grid's own (same hashes), the
+    decision uses them alone, and halving.json, the record and the report say what ran."""
+    shutil.copytree(cv_data / "data", tmp_path / "data")
+    halving = {
+        **PROFILE,
+        "training": {**PROFILE["training"], "max_epochs": 2},
+        "evaluation": {**PROFILE["evaluation"], "search": "halving", "halving_rate": 2,
+                       "rungs": 2},
+    }  # fmt: skip
+    (tmp_path / "profile.json").write_text(json.dumps(halving))
+    profile = load_profile(tmp_path / "profile.json")
+    grid = compile_plan(profile)
+    done = run(profile, tmp_path / "runs", progress_bar=False)
+    log = json.loads(done.folder.halving_file.read_text())
+    assert [r["epochs"] for r in log["rungs"]] == [1, 2]
+    first, last = log["rungs"]
+    assert len(first["jobs"]) == 6 and set(last["jobs"]) <= {j.hash for j in grid.jobs}
+    kept = {name.split(": ")[-1] for name in last["combinations"]}
+    assert len(last["jobs"]) == 3 * len(kept)
+    executed = done.folder.read_plan().jobs
+    assert {j.hash for j in executed} == set(first["jobs"]) | set(last["jobs"])
+    assert all(j.rung is not None and j.rung.epochs == j.training.max_epochs for j in executed)
+    (decision,) = done.decisions()
+    assert {h for e in decision.ranking for h in e.jobs} == set(last["jobs"])
+    assert log["epochs_run"] == sum(r["epochs_run"] for r in log["rungs"])
+    record = read_record(done.folder.record_file)
+    assert record.halving is not None and len(record.halving.rungs) == 2
+    assert "Successive halving" in done.report_path.read_text()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from builders import job_result as _result
-from matseg.decision import decide_dataset
+from matseg.decision import decide_dataset, halving_drops
 
 RNG = np.random.default_rng(0)
 BASE = RNG.uniform(0.5, 0.8, size=20)
@@ -129,3 +129,22 @@ def test_unfinished_jobs_shrink_the_common_images_and_say_so() -> None:
     ])  # fmt: skip
     assert d is not None and len(d.images) == 6
     assert any("4 of 10 images lack a prediction" in n for n in d.notes)
+
+
+def test_halving_drops_what_is_already_shown_worse_and_keeps_the_undecided() -> None:
+    clear = decide_dataset([
+        _result("r50", "unet", list(BASE + 0.10 + RNG.normal(0, 0.01, 20)), converged=False),
+        _result("r18", "fpn", list(BASE), converged=False),
+        _result("r18", "unet", list(BASE + 0.10 + RNG.normal(0, 0.08, 20)), converged=False),
+    ])  # fmt: skip
+    assert clear is not None
+    dropped = halving_drops([clear])
+    # at a short rung nothing has converged: the test alone decides the drop
+    assert set(dropped) == {("sem", "r18 + fpn")}
+    assert dropped[("sem", "r18 + fpn")].startswith("worse than r50 + unet by 0.1")
+    noise = RNG.normal(0, 0.001, 20)
+    close = decide_dataset([
+        _result("big", "unet", list(BASE + 0.001 + noise)),
+        _result("small", "unet", list(BASE - noise)),
+    ])  # fmt: skip
+    assert close is not None and halving_drops([close]) == {}  # equivalent: both go on

@@ -184,3 +184,19 @@ def test_example_profiles_validate_and_plan(path: Path) -> None:
             * profile.evaluation.folds
             * profile.evaluation.repeats
         )
+
+
+def test_the_evaluation_block_refuses_settings_it_would_ignore() -> None:
+    from matseg.profile import Evaluation
+
+    assert Evaluation().protocol == "cv" and Evaluation().folds == 5  # new profiles: 5-fold CV
+    with pytest.raises(ValueError, match="folds apply to protocol 'cv'"):
+        Evaluation(protocol="holdout", folds=3)
+    with pytest.raises(ValueError, match="test 'none' needs protocol 'cv'"):
+        Evaluation(protocol="holdout", test="none")
+    with pytest.raises(ValueError, match="rungs apply to search 'halving'"):
+        Evaluation(rungs=4)
+    Evaluation(protocol="holdout", folds=5)  # the defaults, as a saved profile writes them
+    halving = Evaluation(search="halving", halving_rate=3, rungs=3)
+    assert halving.rung_epochs(30) == [4, 10, 30] and halving.rung_epochs(2) == [1, 1, 2]
+    assert profile_problems({"name": "p", "datasets": ["x"], "evaluation": {"folds": 1}})

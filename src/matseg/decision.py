@@ -413,11 +413,54 @@ def _say_if_provisional(d: DatasetDecision) -> None:
 def decide(
     results: Sequence[JobResult], tie_margin: float = TIE_MARGIN, seed: int = 0
 ) -> list[DatasetDecision]:
-    """One decision per dataset (in the order the datasets first appear)."""
+    """One decision per dataset (in the order the datasets first appear), on the final jobs
+    (grid jobs, or the last rung of successive halving)."""
     by_dataset: dict[str, list[JobResult]] = defaultdict(list)
     for r in results:
-        by_dataset[r.job.dataset].append(r)
+        if r.job.final:
+            by_dataset[r.job.dataset].append(r)
     return [d for rs in by_dataset.values() if (d := decide_dataset(rs, tie_margin, seed=seed))]
+
+
+class HalvingRung(_Model):
+    """One rung of successive halving: what trained, on what budget, and what was dropped."""
+
+    index: int
+    epochs: int
+    combinations: list[str]
+    jobs: list[str]
+    epochs_run: int  # epochs actually trained by the rung's jobs (early stopping included)
+    dropped: dict[str, str]  # "dataset: combination" -> why
+
+
+class Halving(_Model):
+    """The rungs of a successive-halving search (``halving.json``)."""
+
+    rate: int
+    rungs: list[HalvingRung]
+    epochs_run: int
+
+
+def halving_drops(decisions: Sequence[DatasetDecision]) -> dict[tuple[str, str], str]:
+    """(dataset, combination) -> why, for every combination a rung's evidence already shows
+    worse than the best (Holm-corrected paired test and CI, as a "better" verdict; at a short
+    rung no model has converged, so the convergence guard is not applied here) or no better
+    than a constant."""
+    out = {}
+    for d in decisions:
+        best = next((e.name for e in d.ranking if e.beats_constant), "the best")
+        for e in d.ranking:
+            v = e.versus_best
+            if not e.beats_constant:
+                out[(d.dataset, e.name)] = "no better than a constant"
+            elif (
+                v is not None and v.verdict != "equivalent" and v.p_holm < d.alpha
+                and v.mean_difference > 0 and v.ci[0] > 0
+            ):  # fmt: skip
+                out[(d.dataset, e.name)] = (
+                    f"worse than {best} by {v.mean_difference:.3f} IoU (Holm p = {v.p_holm:.3g})"
+                )
+    return out
 
 
 def decide_run(run: RunDir, results: Sequence[JobResult] | None = None) -> list[DatasetDecision]:

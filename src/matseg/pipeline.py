@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from matseg.api import Run
+from matseg.atomic import write_json
 from matseg.datasets.folds import fold_notes
-from matseg.decision import decide, recommended_combinations
+from matseg.decision import (
+    Halving,
+    HalvingRung,
+    combination_name,
+    decide,
+    halving_drops,
+    recommended_combinations,
+)
 from matseg.errors import SpecError
 from matseg.execution.local import run_sequentially
 from matseg.job import PreparedData, prepare_dataset, run_job
-from matseg.plan import Job, Plan, compile_plan
+from matseg.plan import Job, Plan, compile_plan, rung_jobs
 from matseg.profile import Profile, resolve_datasets
 from matseg.results import JobResult, best_rows, ensemble_name, fold_groups, results_rows
 from matseg.rundir import EXPLAIN_FILE, RunDir
@@ -49,6 +57,58 @@ def _follow_rank_zero(plan: Plan, run: RunDir) -> list[str]:
         run_job(job, prepared[job.dataset], run, progress_bar=False)
         trained.append(job.hash)
     return trained
+
+
+def _successive_halving(
+    profile: Profile,
+    plan: Plan,
+    folder: RunDir,
+    execute: Callable[[list[Job]], tuple[list[str], list[str]]],
+    say: Say,
+) -> tuple[Plan, list[str], list[str]]:
+    """Train rung by rung, dropping what the paired test shows worse (``evaluation.search =
+    halving``); the executed plan (every rung's jobs), the trained and the reused hashes.
+
+    Written here rather than with Ray Tune's ASHA or Optuna's pruners: both promote a top
+    fraction by one scalar per trial, while a rung here is a set of fold jobs whose per-image
+    out-of-fold scores are compared by paired tests with Holm's correction, and every job must
+    stay a hashed, resumable unit of the run folder that any executor can run.
+    """
+    evaluation = profile.evaluation
+    keep = {job.combination for job in plan.jobs}
+    executed: list[Job] = []
+    trained: list[str] = []
+    reused: list[str] = []
+    log = []
+    for index in range(evaluation.rungs):
+        jobs = rung_jobs(plan, evaluation, index, keep)
+        executed += jobs
+        folder.write_plan(plan.model_copy(update={"jobs": executed}))
+        say(f"halving: rung {index + 1} of {evaluation.rungs}, {len(jobs)} jobs of "
+            f"{jobs[0].training.max_epochs} epochs ({len(keep)} combinations)")  # fmt: skip
+        done, found = execute(jobs)
+        trained += done
+        reused += found
+        results = [r for job in jobs if (r := folder.read_result(job.hash)) is not None]
+        last = index == evaluation.rungs - 1
+        as_final = [r.model_copy(update={"job": r.job.model_copy(update={"rung": None})})
+                    for r in results]  # fmt: skip
+        decisions = decide(as_final, evaluation.tie_margin)
+        dropped = {} if last else halving_drops(decisions)
+        log.append(HalvingRung(
+            index=index, epochs=jobs[0].training.max_epochs,
+            combinations=sorted({combination_name(*j.combination[1:]) for j in jobs}),
+            jobs=[j.hash for j in jobs], epochs_run=sum(r.epochs for r in results),
+            dropped={name: why for (_, name), why in dropped.items()},
+        ))  # fmt: skip
+        for (dataset, name), why in dropped.items():
+            say(f"halving: {dataset}: {name} dropped after rung {index + 1}: {why}")
+        keep = {c for c in keep if (c[0], combination_name(*c[1:])) not in dropped}
+    halving = Halving(
+        rate=evaluation.halving_rate, rungs=log, epochs_run=sum(r.epochs_run for r in log)
+    )
+    write_json(folder.halving_file, halving.model_dump(mode="json"))
+    return plan.model_copy(update={"jobs": executed}), trained, reused
 
 
 def _draw_folds(plan: Plan, prepared: dict[str, PreparedData], say: Say) -> None:
@@ -131,7 +191,11 @@ def run(
     specs = resolve_datasets(profile)
     plan = compile_plan(profile, specs)
     folder = RunDir.for_plan(Path(out), plan)
+    halving = profile.evaluation.search == "halving"
     if process_rank() != 0:
+        if halving:
+            raise SpecError("evaluation.search", "grid for a cluster-launched multi-device run",
+                            "halving", "run halving with devices = 1 per job")  # fmt: skip
         return Run(folder, plan=plan, trained=_follow_rank_zero(plan, folder))
     if folder.jobs_dir.exists() and any(folder.jobs_dir.iterdir()) and not resume:
         raise SpecError(
@@ -151,14 +215,23 @@ def run(
         }
         folder.write_fingerprints([data.facts() for data in prepared.values()])
         _draw_folds(plan, prepared, say)
-        pending = [job for job in plan.jobs if not folder.finished(job.hash)]
-        reused = [job.hash for job in plan.jobs if job not in pending]
-        trained = _execute(
-            pending, folder, prepared, executor, workers, address, cpus_per_job, progress,
-            progress_bar, len(reused), len(plan.jobs),
-        )  # fmt: skip
-        if progress is not None:
-            progress("done", len(plan.jobs), len(plan.jobs))
+
+        def execute(jobs: list[Job]) -> tuple[list[str], list[str]]:
+            """Train the unfinished ``jobs``: (trained, reused) hashes."""
+            pending = [job for job in jobs if not folder.finished(job.hash)]
+            reused = [job.hash for job in jobs if job not in pending]
+            trained = _execute(
+                pending, folder, prepared, executor, workers, address, cpus_per_job, progress,
+                progress_bar, len(reused), len(jobs),
+            )  # fmt: skip
+            if progress is not None:
+                progress("done", len(jobs), len(jobs))
+            return trained, reused
+
+        if halving:
+            plan, trained, reused = _successive_halving(profile, plan, folder, execute, say)
+        else:
+            trained, reused = execute(plan.jobs)
         results = folder.results(plan)
         decisions = decide(results, profile.evaluation.tie_margin)
         if any(r.job.fold is not None for r in results):

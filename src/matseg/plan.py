@@ -49,6 +49,21 @@ class CvFold(BaseModel):
         return f"r{self.repeat}f{self.index}"
 
 
+class Rung(BaseModel):
+    """Which rung of successive halving a job trains (not hashed: the last rung's jobs are the
+    grid's own, so a grid run and a halving run of one profile share them)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    rungs: int
+    epochs: int
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.rungs - 1
+
+
 class Job(BaseModel):
     """One trainable unit of a plan: everything that decides its result, and the hash of that."""
 
@@ -68,6 +83,7 @@ class Job(BaseModel):
     training: Training  # the profile's protocol, with ``seeds`` = [this job's seed]
     classes: list[str] | None
     fold: CvFold | None = Field(default=None, description="None: the holdout protocol")
+    rung: Rung | None = Field(default=None, description="None: a grid search job")
 
     @model_validator(mode="before")
     @classmethod
@@ -81,7 +97,17 @@ class Job(BaseModel):
 
     def label(self) -> str:
         fold = f" / fold {self.fold.name}" if self.fold is not None else ""
-        return f"{self.dataset} / {self.encoder} + {self.decoder} / seed {self.seed}{fold}"
+        rung = (
+            f" / rung {self.rung.index + 1} of {self.rung.rungs} ({self.rung.epochs} epochs)"
+            if self.rung is not None and not self.rung.last
+            else ""
+        )
+        return f"{self.dataset} / {self.encoder} + {self.decoder} / seed {self.seed}{fold}{rung}"
+
+    @property
+    def final(self) -> bool:
+        """Whether the decision uses it: a grid job, or one of the last rung of halving."""
+        return self.rung is None or self.rung.last
 
     @property
     def combination(self) -> tuple[str, str, str, str]:
@@ -152,6 +178,24 @@ def job_identity(job: Job) -> dict[str, Any]:
     if job.fold is not None:
         identity["fold"] = job.fold.model_dump(exclude={"repeats"})
     return identity
+
+
+def rung_jobs(
+    plan: Plan, evaluation: Evaluation, index: int, keep: set[tuple[str, str, str, str]]
+) -> list[Job]:
+    """Rung ``index`` of successive halving: the plan's (full-budget) jobs of the combinations in
+    ``keep``, each cut to the rung's epoch budget and hashed anew (the last rung's are the
+    plan's own jobs, same hashes)."""
+    out = []
+    for job in plan.jobs:
+        if job.combination not in keep:
+            continue
+        epochs = evaluation.rung_epochs(job.training.max_epochs)
+        rung = Rung(index=index, rungs=evaluation.rungs, epochs=epochs[index])
+        training = job.training.model_copy(update={"max_epochs": epochs[index]})
+        cut = job.model_copy(update={"training": training, "rung": rung})
+        out.append(cut.model_copy(update={"hash": content_hash(job_identity(cut))}))
+    return out
 
 
 def plan_folds(evaluation: Evaluation) -> list[CvFold | None]:

@@ -8,6 +8,7 @@ starting profile can explain itself (``matseg profile init``). Unknown keys are 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,6 +223,12 @@ class Evaluation(_Block):
     ``none`` puts every labelled image into cross-validation (tiny datasets; no untouched
     estimate then exists, and the report says so). ``tie_margin``: two combinations closer
     than this (macro IoU) are called equivalent when a test proves them so.
+
+    ``search``: ``grid`` trains every combination on the full budget; ``halving`` (successive
+    halving) trains them all first on ``max_epochs / halving_rate ** (rungs - 1)`` epochs,
+    drops every combination the paired test already shows worse than the best (or no better
+    than a constant), and trains the rest on ``halving_rate`` times the budget, rung by rung,
+    up to ``max_epochs``; the decision is then made on the last rung alone.
     """
 
     protocol: Literal["cv", "holdout"] = "cv"
@@ -230,6 +237,9 @@ class Evaluation(_Block):
     seed: int = Field(default=0, ge=0)
     test: Literal["keep", "none"] = "keep"
     tie_margin: float = Field(default=TIE_MARGIN, ge=0, lt=1)
+    search: Literal["grid", "halving"] = "grid"
+    halving_rate: int = Field(default=3, ge=2, le=10)
+    rungs: int = Field(default=3, ge=2, le=6)
 
     @model_validator(mode="after")
     def _cv_fields_need_cv(self) -> Evaluation:
@@ -243,7 +253,19 @@ class Evaluation(_Block):
                 raise ValueError(f"{', '.join(given)} apply to protocol 'cv', not 'holdout'")
             if self.test == "none":
                 raise ValueError("test 'none' needs protocol 'cv' (holdout compares on val)")
+        if self.search == "grid":
+            fields = type(self).model_fields
+            given = [k for k in ("halving_rate", "rungs") if getattr(self, k) != fields[k].default]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to search 'halving', not 'grid'")
         return self
+
+    def rung_epochs(self, max_epochs: int) -> list[int]:
+        """The epoch budget of each rung of successive halving, the last ``max_epochs``."""
+        return [
+            max(1, math.ceil(max_epochs / self.halving_rate ** (self.rungs - 1 - r)))
+            for r in range(self.rungs)
+        ]
 
 
 class Profile(_Block):

@@ -27,6 +27,7 @@ from matseg import __version__
 from matseg.atomic import finite_or_none, write_bytes, write_json
 from matseg.decision import (
     DatasetDecision,
+    Halving,
     combination_name,
     decide_run,
     recommended_combinations,
@@ -268,6 +269,9 @@ class EvaluationRecord(_Model):
     )
     ensembles: list[EnsembleRecord] = Field(
         default_factory=list, description="fold ensembles scored on the test split (cv runs)"
+    )
+    halving: Halving | None = Field(
+        default=None, description="the rungs of a successive-halving search, if one ran"
     )
 
 
@@ -593,6 +597,11 @@ def build_record(run: RunDir | Path) -> EvaluationRecord:
         warnings=warnings,
         decisions=decisions,
         ensembles=[_ensemble_record(run, e) for e in run.ensembles()],
+        halving=(
+            Halving.model_validate(read_json(run.halving_file, "halving.json", RecordError))
+            if run.halving_file.is_file()
+            else None
+        ),
     )
 
 

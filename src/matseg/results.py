@@ -212,7 +212,7 @@ def fold_groups(results: Sequence[JobResult]) -> dict[tuple[str, str, str, str],
     """Cross-validation jobs by combination (dataset, encoder, decoder, weights), plan order."""
     groups: dict[tuple[str, str, str, str], list[JobResult]] = defaultdict(list)
     for r in results:
-        if r.job.fold is not None:
+        if r.job.fold is not None and r.job.final:
             groups[r.job.combination].append(r)
     return dict(groups)
 

@@ -204,6 +204,11 @@ class RunDir:
     # --- fold ensembles (cross-validation) ------------------------------------------------------
 
     @property
+    def halving_file(self) -> Path:
+        """The rungs of a successive-halving search (``evaluation.search = halving``)."""
+        return self.root / "halving.json"
+
+    @property
     def ensembles_dir(self) -> Path:
         return self.root / "ensembles"
 

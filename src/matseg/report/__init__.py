@@ -71,6 +71,26 @@ def _evaluation_words(evaluation: dict[str, Any]) -> str:
     )
 
 
+def halving_words(record: EvaluationRecord) -> list[str]:
+    """The rungs of a successive-halving search, one line each (none without one)."""
+    h = record.halving
+    if h is None:
+        return []
+    lines = []
+    for r in h.rungs:
+        dropped = "; ".join(f"{name} dropped: {why}" for name, why in r.dropped.items())
+        lines.append(
+            f"rung {r.index + 1} of {len(h.rungs)}: {len(r.combinations)} combination(s), "
+            f"{len(r.jobs)} jobs of at most {r.epochs} epochs ({r.epochs_run} epochs trained)"
+            + (f"; {dropped}" if dropped else "; none dropped")
+        )
+    lines.append(
+        f"successive halving (rate {h.rate}) trained {h.epochs_run} epochs in all; the "
+        "decision above uses the last rung only"
+    )
+    return lines
+
+
 def plain_words(record: EvaluationRecord) -> list[str]:
     """The profile as sentences a materials scientist reads in ten seconds."""
     profile = record.run.profile
@@ -168,6 +188,7 @@ def render_html(record: EvaluationRecord, run: Path, rec: Recommendation) -> str
         recommendation=rec,
         rankings={d.dataset: ranking_table(d) for d in rec.datasets},
         gaps={d.dataset: gap_words(d) for d in rec.datasets},
+        halving=halving_words(record),
         plain_words=plain_words(record),
         tables=tables,
         charts=_charts(record, run),
@@ -197,6 +218,9 @@ def render_markdown(record: EvaluationRecord, rec: Recommendation) -> str:
             "",
             to_markdown(ranking_table(d)),
         ]
+    halving = halving_words(record)
+    if halving:
+        parts += ["**Successive halving**\n", *[f"- {line}" for line in halving], ""]
     parts.append(f"Across contexts: {rec.contexts.summary}.\n")
     for f in rec.feedback:
         state = "ready" if f.ready else "NOT READY"

@@ -32,11 +32,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from matseg import metrics
-from matseg.results import JobResult
+from matseg.results import EVIDENCE_WORDS, OOF, JobResult
 from matseg.rundir import RunDir
 from matseg.selection import ALPHA, TIE_MARGIN, Comparison, compare_to_best, holm, signed_rank
 
-OOF, VAL, TEST = "oof", "val", "test"
+VAL, TEST = "val", "test"
 N_BOOT = 2000  # bootstrap resamples for the pooled estimate's CI and the ranking stability
 
 
@@ -303,7 +303,7 @@ def _verdict(
     """Test the eligible combinations against the best; the verdict, the pick and the reasons."""
     eligible = [e for e in d.ranking if e.beats_constant]
     n = len(d.images)
-    where = {"oof": "out-of-fold", "val": "validation", "test": "test"}[d.evidence]
+    where = EVIDENCE_WORDS[d.evidence]
     for e in d.ranking:
         if not e.beats_constant:
             d.reasons.append(

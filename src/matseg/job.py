@@ -38,6 +38,7 @@ from matseg.plan import CvFold, Job
 from matseg.plots import sample_predictions_png
 from matseg.profile import Training
 from matseg.results import (
+    OOF,
     FoldImages,
     ImageRef,
     JobProvenance,
@@ -53,10 +54,7 @@ from matseg.training import FitResult, fit, predict, process_rank, uses_channels
 log = logging.getLogger(__name__)
 
 SAMPLE_IMAGES = 3  # images in a job's sample-predictions figure
-SAMPLE_SPLITS = ("test", "oof")  # the splits it is drawn from
-
-
-OOF = "oof"  # the split name of a fold's held-out (out-of-fold) evaluation
+SAMPLE_SPLITS = ("test", OOF)  # the splits it is drawn from
 
 
 @dataclass(frozen=True)

@@ -111,18 +111,21 @@ def _successive_halving(
     return plan.model_copy(update={"jobs": executed}), trained, reused
 
 
-def _draw_folds(plan: Plan, prepared: dict[str, PreparedData], say: Say) -> None:
+def _draw_folds(plan: Plan, prepared: dict[str, PreparedData], say: Say) -> dict[str, list[str]]:
     """Draw each dataset's cross-validation folds before any training: a dataset too small for
-    its folds stops the run here, and a class too rare to reach every fold is said."""
-    drawn = set()
+    its folds stops the run here, and a class too rare to reach every fold is said (and kept,
+    per dataset, for the record)."""
+    notes: dict[str, list[str]] = {}
     for job in plan.jobs:
-        if job.fold is None or job.dataset in drawn:
+        if job.fold is None or job.dataset in notes:
             continue
-        drawn.add(job.dataset)
         data = prepared[job.dataset]
         folds = data.folds(job.fold)
-        for note in fold_notes(data.development_items(job.fold.test), folds, data.presence()):
+        items = data.development_items(job.fold.test)
+        notes[job.dataset] = fold_notes(items, folds, data.presence())
+        for note in notes[job.dataset]:
             say(f"{job.dataset}: {note}")
+    return notes
 
 
 def _deployed(
@@ -213,8 +216,11 @@ def run(
             spec.name: prepare_dataset(spec, profile.task.classes, folder.cache_dir(spec.name))
             for spec in specs
         }
-        folder.write_fingerprints([data.facts() for data in prepared.values()])
-        _draw_folds(plan, prepared, say)
+        notes = _draw_folds(plan, prepared, say)
+        folder.write_fingerprints([
+            data.facts().model_copy(update={"fold_notes": notes.get(name, [])})
+            for name, data in prepared.items()
+        ])  # fmt: skip
 
         def execute(jobs: list[Job]) -> tuple[list[str], list[str]]:
             """Train the unfinished ``jobs``: (trained, reused) hashes."""
@@ -287,7 +293,14 @@ def refresh_data_facts(run: RunDir) -> list[Path]:
             prepared[job.dataset] = prepare_dataset(
                 job.spec, job.classes, run.cache_dir(job.dataset)
             )
-    written = [run.write_fingerprints([p.facts() for p in prepared.values()])]
+    before = run.read_fingerprints()
+    kept = {name: before[name].fold_notes for name in before}  # the folds were drawn at the start
+    written = [
+        run.write_fingerprints([
+            p.facts().model_copy(update={"fold_notes": kept.get(name, [])})
+            for name, p in prepared.items()
+        ])
+    ]  # fmt: skip
     for result in results:
         path = draw_samples(run, result, prepared[result.job.dataset])
         if path is not None:

@@ -376,7 +376,7 @@ def _dataset_context(
         splits=facts.splits if facts else {},
         fingerprint=finite_or_none(facts.fingerprint) if facts else None,
         leakage_warnings=facts.leakage_warnings if facts else [],
-        notes=notes,
+        notes=notes + (facts.fold_notes if facts else []),
     )
 
 

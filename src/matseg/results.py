@@ -19,6 +19,9 @@ from matseg.plan import Job, content_hash
 from matseg.selection import TIE_MARGIN
 
 CONVERGENCE_GAIN = TIE_MARGIN  # IoU gained late in training that still counts as "rising"
+OOF = "oof"  # the split name of a fold's held-out (out-of-fold) evaluation
+# The split a decision was made on, in words.
+EVIDENCE_WORDS = {OOF: "out-of-fold", "val": "validation", "test": "test"}
 
 Number = float | None  # NaN is written as NaN by the jobs; JSON null reads as None
 
@@ -294,7 +297,7 @@ def best_rows(
     split_of = {r["dataset"]: "test" for r in rows if r["split"] == "test"}
     best: dict[str, dict[str, Any]] = {}
     for row in rows:
-        if row["split"] != split_of.get(row["dataset"], "oof"):
+        if row["split"] != split_of.get(row["dataset"], OOF):
             continue
         combo = chosen.get(row["dataset"])
         if combo is not None and (row["encoder"], row["decoder"], row["weights"]) != combo:

@@ -62,6 +62,9 @@ class DatasetFacts(BaseModel):
     splits: dict[str, int] = Field(description="images per split")
     fingerprint: dict[str, Any]
     leakage_warnings: list[str] = Field(default_factory=list)
+    fold_notes: list[str] = Field(
+        default_factory=list, description="classes too rare to reach every fold's held-out part"
+    )
 
 
 def _inside(base: Path, name: str, what: str) -> Path:

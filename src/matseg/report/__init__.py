@@ -28,6 +28,7 @@ from matseg.report.tables import (
     to_csv,
     to_markdown,
 )
+from matseg.results import EVIDENCE_WORDS
 from matseg.rundir import RunDir
 
 
@@ -47,7 +48,7 @@ def gap_words(d: DatasetRecommendation) -> str | None:
     """The selection gap in words (evidence estimate minus the test estimate)."""
     if d.selection_gap is None:
         return None
-    where = "out-of-fold" if d.decision.evidence == "oof" else "validation"
+    where = EVIDENCE_WORDS[d.decision.evidence]
     return (
         f"selection gap ({where} minus test IoU of the recommended combination): "
         f"{d.selection_gap:+.3f}"

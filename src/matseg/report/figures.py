@@ -8,6 +8,7 @@ import numpy as np
 
 from matseg.plots import class_colours, png, subplots
 from matseg.record import EvaluationRecord
+from matseg.results import EVIDENCE_WORDS
 
 
 def iou_by_combination(record: EvaluationRecord) -> bytes | None:
@@ -42,7 +43,7 @@ def iou_by_combination(record: EvaluationRecord) -> bytes | None:
         ax.legend(fontsize=7, loc="lower right")
         ax.set_xticks(x, [f"{e.encoder}\n{e.decoder}" for e in d.ranking], fontsize=7)
         ax.set_ylim(0, 1)
-        where = {"oof": "out-of-fold", "val": "validation", "test": "test"}[d.evidence]
+        where = EVIDENCE_WORDS[d.evidence]
         ax.set_ylabel(f"{where} macro IoU (95% CI)", fontsize=8)
         ax.set_title(d.dataset, fontsize=9)
     return png(fig)

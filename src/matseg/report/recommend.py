@@ -20,6 +20,7 @@ from scipy import stats
 
 from matseg.decision import DatasetDecision, Evidence
 from matseg.record import EnsembleRecord, EvaluationRecord, SplitEvaluation
+from matseg.results import EVIDENCE_WORDS, OOF
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _protocol(d: DatasetDecision, n_test: int | None) -> str:
     n = len(d.images)
     margin = f"equivalence within +-{d.tie_margin} IoU"
     tests = f"paired Wilcoxon tests with Holm's correction over the grid, {margin}"
-    if d.evidence == "oof":
+    if d.evidence == OOF:
         repeats = f", repeated {d.repeats} times," if d.repeats and d.repeats > 1 else ""
         dev = "train + val" + ("" if d.test_kept else " + test")
         test = (
@@ -227,7 +228,7 @@ def recommend_dataset(record: EvaluationRecord, d: DatasetDecision) -> DatasetRe
     if pick is not None and pick.test_iou is not None and d.evidence != "test":
         lo, hi = pick.evidence.macro_iou_ci
         oof = pick.evidence.macro_iou
-        where = "out-of-fold" if d.evidence == "oof" else "validation"
+        where = EVIDENCE_WORDS[d.evidence]
         inside = (
             "inside" if lo is not None and hi is not None and lo <= pick.test_iou <= hi
             else "outside"

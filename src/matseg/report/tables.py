@@ -8,6 +8,7 @@ from typing import Any
 from matseg.atomic import table_csv_bytes
 from matseg.record import EvaluationRecord, SplitEvaluation
 from matseg.report.recommend import DatasetRecommendation, Recommendation
+from matseg.results import EVIDENCE_WORDS
 
 Table = tuple[list[str], list[list[Any]]]  # header, rows
 
@@ -79,9 +80,6 @@ def _interval(low_high: Sequence[float | None]) -> str:
     return "–" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
 
 
-EVIDENCE = {"oof": "out-of-fold", "val": "validation", "test": "test (optimistic)"}
-
-
 def best_table(rec: Recommendation) -> Table:
     """The paper's Table 2, chosen honestly: per dataset, the recommended combination with the
     evidence it was chosen on and its test estimate (scored once, after the choice)."""
@@ -92,7 +90,7 @@ def best_table(rec: Recommendation) -> Table:
     for d in rec.datasets:
         c = d.recommended
         e = c.evidence if c else None
-        rows.append([d.dataset, d.modality, d.use, d.verdict, EVIDENCE[d.decision.evidence],
+        rows.append([d.dataset, d.modality, d.use, d.verdict, EVIDENCE_WORDS[d.decision.evidence],
                      fmt(e.macro_iou) if e else "–", _interval(e.macro_iou_ci) if e else "–",
                      fmt(c.test_iou) if c else "–", _interval(c.test_ci) if c else "–",
                      fmt(d.selection_gap), fmt(max(d.decision.baselines.values())),

@@ -208,7 +208,11 @@ def test_the_fold_ensemble_is_the_default_deployment_model(cv_run: Run, tmp_path
     loaded = load_job(cv_run.folder, settings=QualityControl(**TINY_QC))
     fit_qc(loaded)
     assert loaded.folder == cv_run.folder.qc_dir(trained.name)
-    assert (loaded.folder / "embeddings.npz").is_file()
+    saved = np.load(loaded.folder / "embeddings.npz")
+    fold = trained.result.fold  # QC reads the best member's encoder: fit on what it trained on,
+    assert fold is not None  # calibrate on the images it never saw
+    assert {str(o) for o in saved["train/owners"]} <= set(fold.train)
+    assert {str(o) for o in saved["val/owners"]} <= set(fold.held_out)
     exported = export_package(trained, tmp_path / "export")
     members = json.loads((exported / "ensemble.json").read_text())["members"]
     assert [m["fold"] for m in members] == ["r0f0", "r0f1", "r0f2"]

@@ -148,3 +148,14 @@ def test_halving_drops_what_is_already_shown_worse_and_keeps_the_undecided() -> 
         _result("small", "unet", list(BASE - noise)),
     ])  # fmt: skip
     assert close is not None and halving_drops([close]) == {}  # equivalent: both go on
+
+
+def test_halving_never_drops_everything() -> None:
+    """At a short rung no combination may beat a constant yet: all go on to the next rung."""
+    good = _result("r18", "unet", list(BASE))
+    counts = np.array(good.evaluations["oof"].confusions).sum(axis=2)
+    background = [[[int(c[0]), 0], [int(c[1]), 0]] for c in counts]
+    lazy = [_result(e, "fpn", list(BASE), confusions=background) for e in ("a", "b")]
+    d = decide_dataset(lazy)
+    assert d is not None and d.verdict == "no better than a constant"
+    assert halving_drops([d]) == {}

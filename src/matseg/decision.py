@@ -226,6 +226,8 @@ def decide_dataset(
     if not finite.all():
         notes.append(f"{int((~finite).sum())} image(s) without a defined macro IoU left out")
     keys = [k for k, ok in zip(keys, finite, strict=True) if ok]
+    if not keys:
+        return None  # no image that every combination predicted, with a defined IoU
     scores = {name: s[finite] for name, s in scores.items()}
     first = next(iter(pooled.values()))
     constants = {name: _macro([first.constants[name][k] for k in keys]) for name in first.constants}
@@ -445,14 +447,19 @@ def halving_drops(decisions: Sequence[DatasetDecision]) -> dict[tuple[str, str],
     """(dataset, combination) -> why, for every combination a rung's evidence already shows
     worse than the best (Holm-corrected paired test and CI, as a "better" verdict; at a short
     rung no model has converged, so the convergence guard is not applied here) or no better
-    than a constant."""
+    than a constant while another is. The rung's best always goes on, so a rung never drops
+    everything."""
     out = {}
     for d in decisions:
-        best = next((e.name for e in d.ranking if e.beats_constant), "the best")
+        eligible = [e for e in d.ranking if e.beats_constant]
+        best = eligible[0].name if eligible else d.ranking[0].name
         for e in d.ranking:
             v = e.versus_best
+            if e.name == best:
+                continue  # the rung's best always goes on
             if not e.beats_constant:
-                out[(d.dataset, e.name)] = "no better than a constant"
+                if eligible:  # at a short rung none may beat a constant yet: then keep all
+                    out[(d.dataset, e.name)] = "no better than a constant"
             elif (
                 v is not None and v.verdict != "equivalent" and v.p_holm < d.alpha
                 and v.mean_difference > 0 and v.ci[0] > 0

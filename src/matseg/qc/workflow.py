@@ -97,8 +97,26 @@ def load_job(
 
 def split_images(data: PreparedData, split: str) -> list[tuple[str, np.ndarray]]:
     """(key, normalised whole image) of one split of the job's dataset."""
-    dataset = data.dataset.split(split)
+    return _images(data.dataset.split(split))
+
+
+def _images(dataset: Any) -> list[tuple[str, np.ndarray]]:
     return [(dataset[i].meta.key, dataset[i].image) for i in range(len(dataset))]
+
+
+def fit_images(loaded: LoadedJob, split: str) -> list[tuple[str, np.ndarray]]:
+    """The images QC fits on (``train``), calibrates on (``val``) and takes as in-distribution
+    test (``test``). A fold model (alone, or an ensemble's best member) trained on its fold's
+    training part, so it fits on that and calibrates on the fold's held-out images, which it
+    never saw: the spec's val split may have been among its training images."""
+    fold = loaded.trained.result.fold
+    cv = loaded.job.fold
+    if fold is None or (split == "test" and cv is not None and cv.test == "keep"):
+        return split_images(loaded.data, split)
+    # with evaluation.test = none the test images were development images: the fold's inner
+    # validation part (used to stop early, never to fit) stands in as in-distribution test
+    keys = {"train": fold.train, "val": fold.held_out, "test": fold.inner_val}[split]
+    return _images(loaded.data.dataset.subset(keys, split))
 
 
 def read_images(spec: DatasetSpec, paths: Sequence[Path]) -> list[tuple[str, np.ndarray]]:
@@ -171,7 +189,7 @@ def fit_qc(loaded: LoadedJob, progress: Progress | None = None) -> FittedQC:
     for split, offset in (("train", TRAIN), ("val", VAL), ("test", TEST)):
         if not splits.get(split):
             raise DataError(f"dataset {loaded.job.dataset}", f"a non-empty {split} split", "none")
-        sets[split] = qc.patches(split_images(loaded.data, split), offset)
+        sets[split] = qc.patches(fit_images(loaded, split), offset)
     say(
         f"embedding {sum(len(p.owners) for p in sets.values())} patches ({', '.join(s.extractors)})"
     )

@@ -160,17 +160,21 @@ class Run:
     def decisions(self) -> list[DatasetDecision]:
         """Per dataset: the ranking on out-of-fold (or validation) evidence, the paired tests,
         the verdict and the recommended combination (:mod:`matseg.decision`)."""
+        return self._decisions(self.jobs)
+
+    def _decisions(self, jobs: Sequence[FinishedJob]) -> list[DatasetDecision]:
         from matseg.decision import decide_run
 
-        return decide_run(self.folder, [j.result for j in self.jobs])
+        return decide_run(self.folder, [j.result for j in jobs])
 
     def best_results(self) -> Rows:
         """Table 2: per dataset, the recommended combination's job with the best validation
         IoU (its test row; its out-of-fold row under cross-validation)."""
         from matseg.decision import recommended_combinations
 
-        rows = results_rows([j.result for j in self.jobs])
-        return Rows(best_rows(rows, recommended_combinations(self.decisions())))
+        jobs = self.jobs
+        rows = results_rows([j.result for j in jobs])
+        return Rows(best_rows(rows, recommended_combinations(self._decisions(jobs))))
 
     def job(self, prefix: str) -> FinishedJob:
         """The finished job whose hash starts with ``prefix``."""
@@ -198,7 +202,7 @@ class Run:
                             f"datasets {', '.join(self.datasets)}")  # fmt: skip
         from matseg.decision import recommended_combinations
 
-        picks = recommended_combinations(self.decisions())
+        picks = recommended_combinations(self._decisions(jobs))
         recommended = [j for j in chosen if j.job.combination[1:] == picks.get(j.job.dataset)]
         chosen = recommended or chosen
 

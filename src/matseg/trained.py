@@ -89,10 +89,13 @@ def finished_results(run: RunDir) -> list[JobResult]:
     return results
 
 
-def choose_result(run: RunDir, job: str | None = None) -> JobResult:
+def choose_result(
+    run: RunDir, job: str | None = None, finished: list[JobResult] | None = None
+) -> JobResult:
     """The named job (a hash or its prefix), or the recommended combination's finished job with
-    the best validation IoU (of a run of one dataset; any dataset's otherwise)."""
-    finished = finished_results(run)
+    the best validation IoU (of a run of one dataset; any dataset's otherwise). ``finished``:
+    the run's finished results when the caller has read them already."""
+    finished = finished if finished is not None else finished_results(run)
     if job is not None:
         matches = [r for r in finished if r.job.hash.startswith(job)]
         if len(matches) != 1:
@@ -134,7 +137,7 @@ def fold_members(run: RunDir, name: str | None = None) -> list[JobResult]:
         return matches[0]
     if not groups:
         return []
-    best = choose_result(run)
+    best = choose_result(run, finished=finished)
     return groups.get(best.job.combination, [])
 
 

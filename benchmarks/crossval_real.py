@@ -6,8 +6,9 @@ Per dataset (nasa_super, nrcan_shale_sem, tbm_grain_256 from ``../shared/data``)
 run twice: 5-fold cross-validation (decision on out-of-fold images) and holdout (decision on the
 validation split). Prints, per dataset and protocol: the images the decision used, the verdict,
 the runner-up's difference, Wilcoxon and Holm p-values, the recommended combination's
-out-of-fold (or validation) IoU with its 95% CI, its test IoU (scored once, after the choice)
-and whether the test figure lies inside that CI.
+out-of-fold (or validation) IoU with its 95% CI, its test IoU (scored once, after the choice),
+whether the test figure lies inside that CI, the pick's per-fold held-out IoU, and (CV) its fold
+models alone on test minus their out-of-fold IoU with a 95% CI (is the gap image sampling?).
 
     python benchmarks/crossval_real.py [--datasets nasa_super ...] [--epochs 40] [--out DIR]
 
@@ -60,7 +61,8 @@ def summarise(run_path: Path) -> dict:
     from matseg.record import read_record
     from matseg.report.recommend import recommend
 
-    rec = recommend(read_record(run_path / "record.json"))
+    record = read_record(run_path / "record.json")
+    rec = recommend(record)
     (d,) = rec.datasets
     pick = d.recommended
     runner = next((c for c in d.ranking[1:] if c.evidence.versus_best), None)
@@ -83,6 +85,19 @@ def summarise(run_path: Path) -> dict:
         "test_iou": pick.test_iou if pick else None,
         "test_inside_ci": inside,
         "converged": [c.name for c in d.ranking if c.converged],
+        # the pick's jobs: per-fold held-out (or validation) IoU, epochs, how each stopped
+        "jobs": [
+            {
+                "iou": (j.evaluations.get("oof") or j.evaluations["val"]).macro_iou,
+                "epochs": j.epochs,
+                "best_epoch": j.best_epoch,
+                "stopped_by": j.stopped_by,
+            }
+            for j in record.jobs
+            if pick is not None and j.hash in pick.evidence.jobs
+        ],
+        "test_vs_oof": d.test_vs_oof.model_dump() if d.test_vs_oof else None,
+        "test_vs_oof_consistent": d.test_vs_oof.consistent if d.test_vs_oof else None,
     }
 
 

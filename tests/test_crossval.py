@@ -130,7 +130,16 @@ def test_the_record_and_report_carry_the_decision_and_the_ensembles(cv_run: Run)
         assert set(e.evaluations) == {"test"}
         assert e.evaluations["test"].n_images == record.datasets[0].splits["test"]
         assert len(e.members_macro_iou["test"]) == 3
+        gap = e.selection_gap  # fold models alone on test against their out-of-fold IoU
+        assert gap is not None and gap.test_images == e.evaluations["test"].n_images
+        assert gap.out_of_fold_images == len(decision.images)
+        members_test = np.mean(list(e.members_macro_iou["test"].values()))
+        assert gap.members_test == pytest.approx(members_test)
+        assert gap.ensemble_test == pytest.approx(e.evaluations["test"].macro_iou)
+        assert gap.difference == pytest.approx(gap.members_test - gap.out_of_fold)
+        assert gap.ci[0] <= gap.difference <= gap.ci[1]
     html = cv_run.report_path.read_text()
+    assert "out-of-fold images: " in html
     assert "3-fold cross-validation of the" in html
     assert "not used for any choice" in html
     assert "Per-image IoU differences" in html

@@ -22,6 +22,7 @@ from matseg.metrics import (
     majority_class,
     micro_iou,
     pixel_accuracy,
+    pooled_difference,
     score_images,
     target_class_counts,
     weighted_iou,
@@ -310,3 +311,28 @@ def test_bad_scores_inputs_raise() -> None:
         iou(-HAND_CM)
     with pytest.raises(MetricsError, match="predicted class"):
         baseline_confusions(np.array([[1, 2]]), 2)
+
+
+def test_pooled_difference_is_the_gap_of_pooled_ious_with_a_sampling_interval() -> None:
+    rng = np.random.default_rng(0)
+
+    def images(n: int, error: float) -> np.ndarray:
+        """n binary images of 1000 pixels, ``error`` of each class's pixels mislabelled on
+        average (images vary: their error rates are uniform in [0, 2 error])."""
+        wrong = rng.binomial(500, rng.uniform(0, 2 * error, size=(n, 1)), size=(n, 2))
+        return np.stack([[[500 - w0, w0], [w1, 500 - w1]] for w0, w1 in wrong])
+
+    reference = images(40, 0.10)
+    same = [images(12, 0.10), images(12, 0.10)]
+    better = [images(12, 0.02)]
+    point, lo, hi = pooled_difference(reference, same, 1000, 0)
+    expected = np.mean([macro_iou(m.sum(axis=0)) for m in same]) - macro_iou(reference.sum(axis=0))
+    assert point == pytest.approx(expected)
+    assert lo < 0 < hi  # same error rate: sampling explains the gap
+    point, lo, hi = pooled_difference(reference, better, 1000, 0)
+    assert point > 0.1 and lo > 0  # far fewer errors: outside sampling
+    # the interval widens with fewer test images
+    many = images(200, 0.10)
+    _, lo_few, hi_few = pooled_difference(reference, [many[:3]], 1000, 0)
+    _, lo_many, hi_many = pooled_difference(reference, [many], 1000, 0)
+    assert hi_few - lo_few > hi_many - lo_many

@@ -13,9 +13,19 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from matseg import metrics
+from matseg.decision import N_BOOT
 from matseg.job import PreparedData, evaluate_split
 from matseg.models import FoldEnsemble
-from matseg.results import EnsembleResult, JobResult, ensemble_hash, fold_groups
+from matseg.results import (
+    OOF,
+    EnsembleResult,
+    JobResult,
+    SelectionGap,
+    SplitResult,
+    ensemble_hash,
+    fold_groups,
+)
 from matseg.rundir import RunDir
 from matseg.trained import load_model
 
@@ -29,6 +39,43 @@ def scored_splits(data: PreparedData, members: Sequence[JobResult]) -> list[str]
     used = {"train", "val"} | ({"test"} if fold is not None and fold.test == "none" else set())
     splits = data.inspection.split.splits
     return sorted(s for s in splits if s not in used and splits[s])
+
+
+def out_of_fold_confusions(members: Sequence[JobResult]) -> np.ndarray:
+    """(N, K, K) held-out confusions of the members, one per development image (summed over
+    repeats and seeds, which predict the same image more than once)."""
+    by_image: dict[str, np.ndarray] = {}
+    for r in members:
+        ev = r.evaluations.get(OOF)
+        if ev is None:
+            continue
+        for ref, cm in zip(ev.images, ev.confusions, strict=True):
+            by_image[ref.key] = by_image.get(ref.key, 0) + np.asarray(cm, dtype=np.int64)
+    return np.stack([by_image[k] for k in sorted(by_image)]) if by_image else np.empty((0,))
+
+
+def selection_gap(
+    members: Sequence[JobResult],
+    test_confusions: Sequence[np.ndarray],
+    ensemble_test: SplitResult | None,
+    seed: int,
+) -> SelectionGap | None:
+    """The fold models alone on the test images against their out-of-fold estimate."""
+    oof = out_of_fold_confusions(members)
+    if not len(oof) or not test_confusions or ensemble_test is None:
+        return None
+    difference, lo, hi = metrics.pooled_difference(oof, test_confusions, N_BOOT, seed)
+    members_test = float(np.mean([metrics.macro_iou(c.sum(axis=0)) for c in test_confusions]))
+    return SelectionGap(
+        out_of_fold=_finite(metrics.macro_iou(oof.sum(axis=0))), members_test=_finite(members_test),
+        ensemble_test=_finite(ensemble_test.scores.macro_iou), difference=_finite(difference),
+        ci=[_finite(lo), _finite(hi)], out_of_fold_images=len(oof),
+        test_images=len(test_confusions[0]),
+    )  # fmt: skip
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
 
 
 def score_ensemble(
@@ -45,7 +92,7 @@ def score_ensemble(
     frequencies = data.frequencies(development)
     models = [load_model(run, r) for r in members]
     ensemble = FoldEnsemble(models).eval()
-    evaluations, alone, member_mean = {}, {}, {}
+    evaluations, alone, member_mean, test_confusions = {}, {}, {}, []
     for split in splits:
         images = data.dataset.split(split)
         evaluations[split] = evaluate_split(
@@ -57,6 +104,8 @@ def score_ensemble(
             for r, m in zip(members, models, strict=True)
         }
         alone[split] = {h: s.scores.macro_iou for h, s in singles.items()}
+        if split == "test":
+            test_confusions = [np.asarray(s.confusions) for s in singles.values()]
         per_image = np.array(
             [[np.nan if v is None else v for v in s.scores.per_image.macro_iou]
              for s in singles.values()]
@@ -68,6 +117,7 @@ def score_ensemble(
         hash=name, dataset=first.dataset, encoder=first.encoder, decoder=first.decoder,
         weights=first.weights, members=[r.job.hash for r in members], classes=members[0].classes,
         evaluations=evaluations, members_macro_iou=alone, members_per_image=member_mean,
+        selection_gap=selection_gap(members, test_confusions, evaluations.get("test"), first.seed),
     )  # fmt: skip
     run.write_ensemble(result)
     return result

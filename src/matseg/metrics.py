@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -384,6 +385,31 @@ def bootstrap_confusions(confusions: np.ndarray, n_boot: int, seed: int) -> np.n
         counts = np.bincount((rows + idx).ravel(), minlength=b * n).reshape(b, n)
         out[start : start + b] = counts @ flat
     return out.reshape(n_boot, k, k)
+
+
+def pooled_difference(
+    reference: np.ndarray, models: Sequence[np.ndarray], n_boot: int, seed: int
+) -> tuple[float, float, float]:
+    """Pooled macro IoU of ``models`` (their mean, each scored on the same M images: (M, K, K)
+    confusions) minus that of ``reference`` ((N, K, K), other images), with a percentile 95% CI.
+
+    The two image sets are independent samples, so each is resampled on its own: one draw of M
+    indices, shared by every model (they saw the same images), and one of N. This is the
+    interval of "test estimate minus out-of-fold estimate" under image sampling alone; NaN where
+    a pooled IoU is undefined.
+    """
+    ref = _as_confusion(reference, "pooled_difference")
+    stacked = np.stack([_as_confusion(m, "pooled_difference") for m in models])  # (P, M, K, K)
+    point = float(np.mean(macro_iou(stacked.sum(axis=1))) - macro_iou(ref.sum(axis=0)))
+    ref_boot = np.asarray(macro_iou(bootstrap_confusions(ref, n_boot, seed)))
+    n_models, m, k = stacked.shape[0], stacked.shape[1], stacked.shape[-1]
+    idx = np.random.default_rng(seed + 1).integers(0, m, size=(n_boot, m))
+    counts = np.stack([np.bincount(row, minlength=m) for row in idx]).astype(float)  # (B, M)
+    flat = stacked.reshape(n_models, m, k * k)
+    resampled = np.einsum("bm,pmc->bpc", counts, flat).reshape(n_boot, n_models, k, k)
+    model_boot = np.asarray(macro_iou(resampled)).mean(axis=1)
+    lo, hi = _percentile_ci(model_boot - ref_boot)
+    return point, float(lo), float(hi)
 
 
 def _percentile_ci(values: np.ndarray) -> np.ndarray:

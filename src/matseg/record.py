@@ -37,6 +37,7 @@ from matseg.plan import Job
 from matseg.results import (
     EnsembleResult,
     JobResult,
+    SelectionGap,
     SplitResult,
     best_rows,
     ensemble_name,
@@ -186,6 +187,10 @@ class EnsembleRecord(_Model):
     )
     members_per_image: dict[str, list[Number]] = Field(
         description="split -> per-image macro IoU, mean of the members alone"
+    )
+    selection_gap: SelectionGap | None = Field(
+        default=None,
+        description="fold models alone on test minus their out-of-fold IoU, with its 95% CI",
     )
     folder: str
     used_for_choice: Literal[False] = False
@@ -617,7 +622,7 @@ def _ensemble_record(run: RunDir, e: EnsembleResult) -> EnsembleRecord:
             for split, ev in e.evaluations.items()
         },
         members_macro_iou=e.members_macro_iou, members_per_image=e.members_per_image,
-        folder=run.relative(run.ensemble_dir(e.hash)),
+        selection_gap=e.selection_gap, folder=run.relative(run.ensemble_dir(e.hash)),
     )  # fmt: skip
 
 

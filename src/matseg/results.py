@@ -185,6 +185,26 @@ class JobResult(_Result):
         return converged(self.stopped_by, self.epochs, self.best_epoch, self.late_val_gain)
 
 
+class SelectionGap(_Result):
+    """Is the test estimate what the out-of-fold estimate promised? Single fold models on the
+    test images against the same models on their held-out images (like against like: the
+    ensemble's own gain is apart), with a 95% CI from resampling both image sets."""
+
+    out_of_fold: Number  # pooled macro IoU of the fold models on their held-out images
+    members_test: Number  # pooled test macro IoU of each fold model alone, averaged
+    ensemble_test: Number  # pooled test macro IoU of the fold ensemble
+    difference: Number  # members_test - out_of_fold
+    ci: list[Number]  # its 95% interval under image sampling
+    out_of_fold_images: int
+    test_images: int
+
+    @property
+    def consistent(self) -> bool | None:
+        """True when image sampling alone explains the difference (its CI holds 0)."""
+        lo, hi = self.ci
+        return None if lo is None or hi is None else bool(lo <= 0.0 <= hi)
+
+
 class EnsembleResult(_Result):
     """The fold models of one combination, scored together once on the test split and shift
     sets at the end of a cross-validated run (``ensembles/<hash>/metrics.json``).
@@ -209,6 +229,7 @@ class EnsembleResult(_Result):
     members_per_image: dict[str, list[Number]] = Field(
         default_factory=dict, description="split -> per-image macro IoU, mean of the members"
     )
+    selection_gap: SelectionGap | None = None  # test vs out-of-fold (absent before 0.3.1)
 
 
 def fold_groups(results: Sequence[JobResult]) -> dict[tuple[str, str, str, str], list[JobResult]]:

@@ -20,7 +20,7 @@ from scipy import stats
 
 from matseg.decision import DatasetDecision, Evidence
 from matseg.record import EnsembleRecord, EvaluationRecord, SplitEvaluation
-from matseg.results import EVIDENCE_WORDS, OOF
+from matseg.results import EVIDENCE_WORDS, OOF, SelectionGap
 
 
 @dataclass
@@ -74,6 +74,7 @@ class DatasetRecommendation:
     test_estimate: str | None  # the chosen combination's test IoU, in words
     selection_gap: float | None  # evidence estimate minus test estimate of the chosen one
     ensemble_note: str | None  # does the fold ensemble beat a single fold model on test?
+    test_vs_oof: SelectionGap | None = None  # fold models alone: test minus out-of-fold, CI
 
     @property
     def verdict(self) -> str:
@@ -211,6 +212,29 @@ def _ensemble_note(ens: EnsembleRecord | None) -> str | None:
     return text
 
 
+def _gap_words(g: SelectionGap) -> str:
+    """Single fold models on test against their own out-of-fold figure, in words."""
+    if g.difference is None or g.members_test is None or g.out_of_fold is None:
+        return "the test and out-of-fold figures cannot be compared (an undefined IoU)"
+    lo, hi = g.ci
+    ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
+    text = (
+        f"the fold models alone score {g.members_test:.3f} on the {g.test_images} test images, "
+        f"{g.difference:+.3f}{ci} from their {g.out_of_fold:.3f} on the "
+        f"{g.out_of_fold_images} out-of-fold images"
+    )
+    if g.consistent is None:
+        return text
+    if g.consistent:
+        return text + ": image sampling explains the difference"
+    easier = "easier" if g.difference > 0 else "harder"
+    return (
+        text + f": more than image sampling explains, so the test images are {easier} for these "
+        "models than the development images; the out-of-fold figure is the estimate for images "
+        "like the development set, the test figure for images like the test split"
+    )
+
+
 def recommend_dataset(record: EvaluationRecord, d: DatasetDecision) -> DatasetRecommendation:
     """The record's decision on one dataset, with the protocol, test estimate and gap."""
     context = next((c for c in record.datasets if c.name == d.dataset), None)
@@ -242,6 +266,8 @@ def recommend_dataset(record: EvaluationRecord, d: DatasetDecision) -> DatasetRe
             + f": the test figure lies {inside} the {where} 95% CI"
         )
         gap = None if oof is None else float(oof - pick.test_iou)
+        if chosen_ensemble is not None and chosen_ensemble.selection_gap is not None:
+            estimate += "; " + _gap_words(chosen_ensemble.selection_gap)
     return DatasetRecommendation(
         dataset=d.dataset,
         modality=context.modality if context else "other",
@@ -253,6 +279,7 @@ def recommend_dataset(record: EvaluationRecord, d: DatasetDecision) -> DatasetRe
         test_estimate=estimate,
         selection_gap=gap,
         ensemble_note=_ensemble_note(chosen_ensemble),
+        test_vs_oof=chosen_ensemble.selection_gap if chosen_ensemble else None,
     )
 
 

@@ -113,6 +113,39 @@ def test_plan_is_the_cartesian_product_with_stable_hashes(tmp_path: Path) -> Non
     assert moved.jobs[0].training.accelerator == "cpu"
 
 
+def test_the_run_folder_is_named_by_what_decides_its_results(tmp_path: Path) -> None:
+    """Settings at their defaults (as a field a later matseg adds would be) leave the name as it
+    was; a post-training setting changes it; a folder an earlier matseg named is found again."""
+    from matseg.rundir import RunDir
+
+    _synthetic_spec(tmp_path)
+    data = {
+        "name": "p",
+        "datasets": ["data/dataset.json"],
+        "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
+        "training": {"patch_size": 32},
+    }
+    plan = compile_plan(load_profile(_write(tmp_path, data)))
+    data["evaluation"] = {"folds": 5, "tie_margin": 0.01, "search": "grid"}  # the defaults
+    data["qc"] = {}
+    data["description"] = "a note"
+    stated = compile_plan(load_profile(_write(tmp_path, data)))
+    assert stated.profile_hash == plan.profile_hash
+    data["evaluation"]["tie_margin"] = 0.02  # same jobs, another decision: another folder
+    margin = compile_plan(load_profile(_write(tmp_path, data)))
+    assert [j.hash for j in margin.jobs] == [j.hash for j in plan.jobs]
+    assert margin.profile_hash != plan.profile_hash
+    # a folder of this run under another name (an earlier matseg hashed the whole profile)
+    old = RunDir(tmp_path / "runs" / "p-0123abcd")
+    old.root.mkdir(parents=True)
+    old.write_plan(plan.model_copy(update={"profile_hash": "0123abcd0000"}))
+    old.profile_file.write_text(json.dumps(data | {"evaluation": {}}))
+    assert RunDir.for_plan(tmp_path / "runs", plan).root == old.root
+    assert RunDir.for_plan(tmp_path / "runs", margin).root.name == f"p-{margin.profile_hash[:8]}"
+    old.profile_file.write_text("{")  # damaged: not taken for this run
+    assert RunDir.for_plan(tmp_path / "runs", plan).root.name == f"p-{plan.profile_hash[:8]}"
+
+
 def test_unknown_key_and_missing_dataset_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"training\.epochs"):
         load_profile(

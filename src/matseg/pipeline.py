@@ -194,6 +194,8 @@ def run(
     specs = resolve_datasets(profile)
     plan = compile_plan(profile, specs)
     folder = RunDir.for_plan(Path(out), plan)
+    if not folder.name.endswith(plan.profile_hash[:8]):
+        say(f"{folder.root}: the same run, named by an earlier matseg; continuing it there")
     halving = profile.evaluation.search == "halving"
     if process_rank() != 0:
         if halving:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from matseg.datasets.digest import data_digest
 from matseg.datasets.spec import DatasetSpec
 from matseg.models import normalise_decoder
-from matseg.profile import Evaluation, Profile, Training, resolve_datasets
+from matseg.profile import (
+    Evaluation,
+    Explain,
+    Profile,
+    QualityControl,
+    Training,
+    resolve_datasets,
+)
 
 INNER_VALIDATION = 0.15  # share of a fold's training images kept for early stopping
 
@@ -245,6 +253,25 @@ def compile_plan(
                 fold=fold,
             )
             jobs.append(job.model_copy(update={"hash": content_hash(job_identity(job))}))
-    dumped = profile.model_dump(mode="json")
-    profile_hash = content_hash({**dumped, "training": training_identity(dumped["training"])})
+    profile_hash = run_hash(profile.model_dump(mode="json"), [j.hash for j in jobs])
     return Plan(profile_name=profile.name, profile_hash=profile_hash, jobs=jobs)
+
+
+# What names a run folder besides its jobs (whose hashes hold what they train): the settings of
+# the stages after training. Each block is hashed without its defaults, so a field that a later
+# matseg adds (at the default that keeps the old behaviour) leaves every folder's name as it was.
+RUN_SETTINGS = {"qc": QualityControl, "explain": Explain, "evaluation": Evaluation}
+
+
+def run_hash(profile: dict[str, Any], job_hashes: Sequence[str]) -> str:
+    """The run's identity from a profile's plain data (the profile of this run, or the copy in
+    a run folder) and its jobs' hashes; description and dataset paths do not enter it."""
+    settings = {}
+    for block, model in RUN_SETTINGS.items():
+        data = profile.get(block)
+        if block == "evaluation" and data is None:
+            data = {"protocol": "holdout"}  # profiles saved before the block: holdout
+        settings[block] = model.model_validate(data or {}).model_dump(
+            mode="json", exclude_defaults=True
+        )
+    return content_hash({"jobs": sorted(job_hashes), **settings})

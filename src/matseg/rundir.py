@@ -8,6 +8,11 @@ Layout (see DESIGN.md)::
       jobs/<job-hash>/  model.safetensors  metrics.json  curves.csv  predictions/  log.txt
       cache/<dataset>/  qc/<job-hash>/  explain/<job-hash>/<image>/
 
+The short hash names the run by what decides its results: its jobs' hashes and the settings of
+the stages after training (``qc``, ``explain``, ``evaluation``, each without its defaults), so a
+profile's description, its dataset paths, or a field that a later matseg adds at its default
+never start a new folder; a folder an earlier matseg named otherwise is found by its content.
+
 Every stage reads and writes a run through :class:`RunDir`; no other module joins path strings
 for run files. Writes are atomic (:mod:`matseg.atomic`). ``metrics.json`` is a job's last file,
 so a job whose metrics read back is finished; a damaged one counts as unfinished (``--resume``
@@ -34,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matseg.atomic import write_bytes, write_csv, write_json
 from matseg.errors import MatsegError, SpecError
-from matseg.plan import Plan
+from matseg.plan import Plan, run_hash
 from matseg.profile import Profile, QualityControl
 from matseg.results import COLUMNS, EnsembleResult, JobResult, best_rows
 
@@ -113,8 +118,23 @@ class RunDir:
 
     @classmethod
     def for_plan(cls, out: Path, plan: Plan) -> RunDir:
-        """``<out>/<profile-name>-<first 8 of the profile hash>``."""
-        return cls(Path(out) / f"{plan.profile_name}-{plan.profile_hash[:8]}")
+        """``<out>/<profile-name>-<first 8 of the profile hash>``, or the folder of the same run
+        that an earlier matseg named otherwise (its profile and jobs hash to this plan's)."""
+        named = cls(Path(out) / f"{plan.profile_name}-{plan.profile_hash[:8]}")
+        if named.root.exists() or not Path(out).is_dir():
+            return named
+        for candidate in sorted(Path(out).glob(f"{plan.profile_name}-*")):
+            if cls(candidate).holds_run(plan):
+                return cls(candidate)
+        return named
+
+    def holds_run(self, plan: Plan) -> bool:
+        """Whether this folder's profile and (final) jobs are ``plan``'s run."""
+        try:
+            jobs = [j.hash for j in self.read_plan().jobs if j.final]
+            return run_hash(self.read_profile_data(), jobs) == plan.profile_hash
+        except (MatsegError, ValidationError, OSError):
+            return False  # unreadable or of another kind: not this run
 
     @classmethod
     def existing(cls, folder: Path | str) -> RunDir:

@@ -4,6 +4,7 @@ stereology, invariances and units."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,80 @@ def test_no_feature_gives_count_zero_and_undefined_sizes_with_a_note() -> None:
     f = q.features(volume, 1, border="exclude")
     assert f.count == 1 and f.connectivity == 26
     assert f.ecd[0] == pytest.approx((6 * 27 / math.pi) ** (1 / 3))  # equivalent sphere
+
+
+def test_a_target_names_a_quantity_and_a_class() -> None:
+    classes = ["grain", "grain_boundary"]
+    assert q.Target.parse("grain_size", classes).class_id == 1  # the boundary class by default
+    assert q.Target.parse("area_fraction:grain", classes).name == "area_fraction:grain"
+    with pytest.raises(SpecError, match=r"task\.target"):
+        q.Target.parse("porosity:pore", classes)
+    with pytest.raises(SpecError, match="a class of the dataset"):
+        q.Target.parse("area_fraction:pore", classes)
+
+
+def test_merged_particles_show_in_the_count_and_the_size_distribution() -> None:
+    truth = _discs((200, 200), [(100, 85), (100, 115)], 10)
+    merged = truth.copy()
+    merged[96:104, 85:115] = 1  # a bridge: the two touching particles become one
+    same = q.compare(truth, truth, q.Target("feature_size", 1, "particle"), q.Scale())
+    assert same.error == 0 and same.ks == 0 and same.wasserstein == 0
+    assert (q.features(truth, 1, border="exclude").count,
+            q.features(merged, 1, border="exclude").count) == (2, 1)  # fmt: skip
+    count = q.compare(truth, merged, q.Target("feature_count", 1, "particle"), q.Scale())
+    assert count.predicted < count.truth and count.relative_error < -0.3  # border-weighted
+    size = q.compare(truth, merged, q.Target("feature_size", 1, "particle"), q.Scale(2.0))
+    assert size.predicted > size.truth and size.ks == 1.0  # no feature of one size in both
+    assert size.wasserstein == pytest.approx(size.predicted - size.truth)
+    fraction = q.compare(truth, merged, q.Target("area_fraction", 1, "particle"), q.Scale())
+    assert fraction.error == pytest.approx((merged == 1).mean() - (truth == 1).mean())
+    errors = [q.QuantityError(1.0, 1.0 + e) for e in (0.1, 0.3, -0.1, 0.2, math.nan)]
+    s = q.summarise_errors(errors)
+    assert s.n_images == 4 and s.bias == pytest.approx(0.125)
+    assert s.bias_ci[0] <= s.bias <= s.bias_ci[1]
+    assert s.mean_absolute_error == pytest.approx(0.175)
+
+
+def test_quantify_a_dataset_and_a_mask_folder_from_the_command_line(tmp_path: Path) -> None:
+    import csv
+    import json
+    import shutil
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from matseg.cli import app
+    from matseg.datasets.synthetic import write_synthetic_dataset
+    from matseg.quantify import quantify
+
+    spec = write_synthetic_dataset(tmp_path / "data", kind="particles", n_images=4, size=64)
+    table = quantify(spec, pixel_size_um=0.5)
+    masks = sorted((tmp_path / "data" / "masks").iterdir())
+    assert len({r.image for r in table.rows}) == len(masks)
+    first = np.asarray(Image.open(masks[0]))
+    row = next(r for r in table.rows if r.image == masks[0].stem and r.quantity == "area_fraction"
+               and r.class_name == table.classes[1])  # fmt: skip
+    assert row.value == pytest.approx((first == 1).mean())
+    sizes = [r for r in table.rows if r.quantity == "feature_size"]
+    assert sizes and all(r.unit == "µm" for r in sizes)
+    alone = tmp_path / "manual"  # a scientist's masks with no images beside them
+    shutil.copytree(tmp_path / "data" / "masks", alone)
+    again = quantify(alone, pixel_size_um=0.5)
+    assert [(r.image, r.quantity, r.value) for r in again.rows] == [
+        (r.image, r.quantity, r.value) for r in table.rows
+    ]
+    assert any("inferred" in n for n in again.notes)
+    runner = CliRunner()
+    out_csv = tmp_path / "q.csv"
+    got = runner.invoke(app, ["quantify", str(spec), "--pixel-size", "0.5", "--out", str(out_csv)])
+    assert got.exit_code == 0, got.output
+    assert "feature_size" in got.output and "µm" in got.output
+    with out_csv.open() as f:
+        assert len(list(csv.DictReader(f))) == len(table.rows)
+    got = runner.invoke(app, ["quantify", str(alone), "--json"])
+    assert got.exit_code == 0 and json.loads(got.output)[0]["unit"] == "1"
+    assert runner.invoke(app, ["quantify", str(spec), "--pixel-size", "-1"]).exit_code != 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    got = runner.invoke(app, ["quantify", str(empty)])
+    assert got.exit_code != 0 and "mask files" in got.output and "Traceback" not in got.output

@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -837,6 +838,53 @@ def predict_command(
         f"(predictions.csv){qc}",
         highlight=False,
     )
+
+
+@app.command("quantify")
+def quantify_command(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A dataset spec, a folder with images/ and masks/, or a mask folder."),
+    ],
+    pixel_size: Annotated[
+        float | None, typer.Option("--pixel-size", help="µm per pixel (default: the spec's).")
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--out", help="Write every image's quantities to this CSV.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Microstructure quantities of masks: area fractions, feature counts and sizes, grain size."""
+    import dataclasses
+
+    from matseg.atomic import write_csv
+    from matseg.quantify import QuantityRow, quantify
+
+    if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
+        raise typer.BadParameter("--pixel-size must be a finite size > 0 in µm")
+    with _friendly_errors():
+        table = quantify(source, pixel_size)
+        rows = [dataclasses.asdict(r) for r in table.rows]
+        if csv_out is not None:
+            write_csv(csv_out, rows, [f.name for f in dataclasses.fields(QuantityRow)])
+    if as_json:
+        clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                  for k, v in r.items()} for r in rows]  # fmt: skip
+        sys.stdout.write(json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
+        return
+    images = len({r["image"] for r in rows})
+    view = Table(title=f"{table.source}: {images} masks, classes {', '.join(table.classes)}")
+    for column in ("quantity", "class", "images", "mean", "95% CI", "unit"):
+        view.add_column(column, justify="right" if column in ("images", "mean") else "left")
+    for s in table.summary():
+        ci = f"[{s.ci[0]:.4g}, {s.ci[1]:.4g}]" if math.isfinite(s.ci[0]) else "-"
+        mean = f"{s.mean:.4g}" if math.isfinite(s.mean) else "undefined"
+        view.add_row(s.quantity, s.class_name, str(s.n_images), mean, ci, s.unit)
+    out.print(view)
+    for note in table.notes:
+        out.print(note, highlight=False)
+    if csv_out is not None:
+        out.print(f"per-image quantities: {csv_out}", highlight=False)
 
 
 @app.command("export")

@@ -423,3 +423,150 @@ def measure(
     if name not in QUANTITIES:
         raise SpecError("quantity", f"one of {', '.join(QUANTITIES)}", repr(name))
     return QUANTITIES[name](mask, class_id, scale)
+
+
+# --- what to measure on a mask ----------------------------------------------------------------
+
+FEATURE_QUANTITIES = ("feature_count", "number_density", "feature_size", "aspect_ratio")
+GRAIN_QUANTITIES = ("grain_size", "grain_size_planimetric", "mean_lineal_intercept")
+DISTRIBUTIONS = ("feature_size", "feret_max", "feret_min", "aspect_ratio")
+
+
+def is_boundary_class(name: str) -> bool:
+    """A class of grain boundaries (its complement is the grains): named so."""
+    return "boundar" in name.lower()
+
+
+def default_quantities(classes: list[str]) -> list[tuple[str, int]]:
+    """(quantity, class id) a scientist reads off a mask of these classes: every class's area
+    fraction; features of every class but the first (background by convention); grain size
+    where a class is a grain boundary."""
+    out = [("area_fraction", c) for c in range(len(classes))]
+    for c, name in enumerate(classes):
+        if is_boundary_class(name):
+            out += [(quantity, c) for quantity in GRAIN_QUANTITIES]
+        elif c > 0:
+            out += [(quantity, c) for quantity in FEATURE_QUANTITIES]
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """The quantity a task is for, e.g. ``area_fraction:pore`` or ``grain_size``."""
+
+    quantity: str
+    class_id: int
+    class_name: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.quantity}:{self.class_name}"
+
+    @classmethod
+    def parse(cls, text: str, classes: list[str]) -> Target:
+        """From ``quantity[:class]`` (the class by name; grain quantities default to the
+        boundary class); a one-line error names what is unknown."""
+        quantity, _, class_name = text.partition(":")
+        if quantity not in QUANTITIES:
+            raise SpecError("task.target", f"QUANTITY[:CLASS], QUANTITY one of "
+                            f"{', '.join(QUANTITIES)}", repr(text))  # fmt: skip
+        if not class_name and quantity in GRAIN_QUANTITIES:
+            bounds = [c for c in classes if is_boundary_class(c)]
+            class_name = bounds[0] if len(bounds) == 1 else ""
+        if class_name not in classes:
+            raise SpecError("task.target", f"a class of the dataset ({', '.join(classes)})",
+                            repr(class_name or text), "write QUANTITY:CLASS")  # fmt: skip
+        return cls(quantity, classes.index(class_name), class_name)
+
+
+# --- errors against ground truth --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantityError:
+    """A quantity on the ground truth and on the prediction of one image, and how far apart;
+    for a feature quantity also the distance between the two size distributions."""
+
+    truth: float
+    predicted: float
+    ks: float = math.nan  # Kolmogorov-Smirnov statistic between the distributions
+    wasserstein: float = math.nan  # earth mover's distance, in the quantity's unit
+
+    @property
+    def error(self) -> float:
+        return self.predicted - self.truth
+
+    @property
+    def absolute_error(self) -> float:
+        return abs(self.error)
+
+    @property
+    def relative_error(self) -> float:
+        """Error over the true value (NaN where the truth is 0 or undefined)."""
+        return self.error / abs(self.truth) if self.truth else math.nan
+
+
+def _weighted_ks(a: Measurement, b: Measurement) -> tuple[float, float]:
+    """KS statistic and Wasserstein distance between two weighted feature distributions."""
+    from scipy import stats
+
+    ok_a, ok_b = np.isfinite(a.values), np.isfinite(b.values)
+    if not ok_a.any() or not ok_b.any():
+        return math.nan, math.nan
+    va, wa, vb, wb = a.values[ok_a], a.weights[ok_a], b.values[ok_b], b.weights[ok_b]
+    grid = np.union1d(va, vb)
+
+    def cdf(v: NDArray[np.float64], w: NDArray[np.float64]) -> NDArray[np.float64]:
+        order = np.argsort(v)
+        cum = np.cumsum(w[order]) / w.sum()
+        return np.concatenate([[0.0], cum])[np.searchsorted(v[order], grid, side="right")]
+
+    ks = float(np.abs(cdf(va, wa) - cdf(vb, wb)).max())
+    return ks, float(stats.wasserstein_distance(va, vb, wa, wb))
+
+
+def compare(
+    truth: NDArray[np.integer], predicted: NDArray[np.integer], target: Target, scale: Scale
+) -> QuantityError:
+    """The target quantity on one image's ground truth and prediction."""
+    t = measure(target.quantity, truth, target.class_id, scale)
+    p = measure(target.quantity, predicted, target.class_id, scale)
+    ks, emd = _weighted_ks(t, p) if target.quantity in DISTRIBUTIONS else (math.nan, math.nan)
+    return QuantityError(t.value, p.value, ks, emd)
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    """Bias (mean signed error) and mean absolute error over images, with bootstrap 95% CIs,
+    and the spread (standard deviation) of the error; images with an undefined value left out."""
+
+    n_images: int
+    bias: float
+    bias_ci: tuple[float, float]
+    mean_absolute_error: float
+    mean_absolute_error_ci: tuple[float, float]
+    spread: float
+
+
+def summarise_errors(
+    errors: list[QuantityError], n_boot: int = 2000, seed: int = 0
+) -> ErrorSummary:
+    """Dataset-level bias and error of a quantity, with percentile bootstrap CIs over images."""
+    e = np.array([x.error for x in errors], dtype=float)
+    e = e[np.isfinite(e)]
+    nan2 = (math.nan, math.nan)
+    if not e.size:
+        return ErrorSummary(0, math.nan, nan2, math.nan, nan2, math.nan)
+    idx = np.random.default_rng(seed).integers(0, e.size, size=(n_boot, e.size))
+    boot = e[idx]
+
+    def ci(values: NDArray[np.float64]) -> tuple[float, float]:
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        return float(lo), float(hi)
+
+    return ErrorSummary(
+        n_images=int(e.size), bias=float(e.mean()), bias_ci=ci(boot.mean(axis=1)),
+        mean_absolute_error=float(np.abs(e).mean()),
+        mean_absolute_error_ci=ci(np.abs(boot).mean(axis=1)),
+        spread=float(e.std(ddof=1)) if e.size > 1 else math.nan,
+    )  # fmt: skip

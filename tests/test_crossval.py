@@ -116,6 +116,18 @@ def test_out_of_fold_metrics_equal_metrics_recomputed_from_the_saved_predictions
         frequencies = np.array(job.result.train_class_frequencies)
         again = metrics.score_images(np.array(confusions), ["background", "particle"], frequencies)
         assert again.macro_iou == pytest.approx(ev.scores.macro_iou, abs=1e-12)
+        # the microstructure quantities of truth and prediction, image by image
+        fraction = ev.quantities["area_fraction:particle"]
+        sizes = ev.quantities["feature_size:particle"]
+        assert len(fraction.truth) == len(ev.images) == len(sizes.ks)
+        for image, true_fraction, predicted_fraction in zip(
+            ev.images, fraction.truth, fraction.predicted, strict=True
+        ):
+            path = cv_run.folder.prediction_file(job.hash, "oof", image.key)
+            pred = np.asarray(Image.open(path)).astype(np.int64)
+            mask = np.asarray(truth[image.key])
+            assert true_fraction == pytest.approx((mask == 1).mean())
+            assert predicted_fraction == pytest.approx((pred == 1).mean())
     (decision,) = cv_run.decisions()
     assert decision.evidence == "oof" and len(decision.images) == len(truth)
 

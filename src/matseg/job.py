@@ -37,12 +37,14 @@ from matseg.models import build_model, save_weights
 from matseg.plan import CvFold, Job
 from matseg.plots import sample_predictions_png
 from matseg.profile import Training
+from matseg.quantities import QuantityError, Scale, Target, compare_many, default_quantities
 from matseg.results import (
     OOF,
     FoldImages,
     ImageRef,
     JobProvenance,
     JobResult,
+    QuantityValues,
     Scores,
     SplitResult,
     WeightsLoaded,
@@ -220,9 +222,11 @@ def evaluate_split(
     counts = np.zeros((len(results), k), dtype=np.int64)
     images = []
     samples = []
+    measured = QuantityRecorder(classes, Scale(spec.pixel_size_um), spec.ignore_index)
     for n, (sample, pred) in enumerate(results):
         assert sample.mask is not None
         confusions[n] = metrics.confusion_matrix(pred, sample.mask, k, spec.ignore_index)
+        measured.add(sample.mask, pred)
         counts[n] = confusions[n].sum(axis=1)
         if save_mask is not None:
             save_mask(split, sample.meta.key, pred)
@@ -239,7 +243,49 @@ def evaluate_split(
         scores=Scores.model_validate(scores.to_dict()),
         baselines={name: Scores.model_validate(s.to_dict()) for name, s in base.items()},
         confusions=confusions.tolist(),
+        quantities=measured.values(),
     )
+
+
+class QuantityRecorder:
+    """The default quantities (:func:`matseg.quantities.default_quantities`) of each image's
+    ground truth and prediction, gathered while the split is predicted; pixels ignored in the
+    ground truth are ignored in the prediction too."""
+
+    def __init__(self, classes: list[str], scale: Scale, ignore_index: int) -> None:
+        self.scale = scale
+        self.ignore = ignore_index
+        self.targets = [Target(qn, c, classes[c]) for qn, c in default_quantities(classes)]
+        self.rows: dict[str, list[QuantityError]] = {t.name: [] for t in self.targets}
+        self.units: dict[str, str] = {}
+
+    def add(self, truth: np.ndarray | torch.Tensor, predicted: np.ndarray | torch.Tensor) -> None:
+        t = np.asarray(truth.cpu() if isinstance(truth, torch.Tensor) else truth).astype(np.int64)
+        p = np.asarray(
+            predicted.cpu() if isinstance(predicted, torch.Tensor) else predicted
+        ).astype(np.int64)
+        p = np.where(t == self.ignore, self.ignore, p)
+        for target, error in zip(
+            self.targets, compare_many(t, p, self.targets, self.scale, self.ignore), strict=True
+        ):
+            self.rows[target.name].append(error)
+            self.units.setdefault(target.name, error.unit)
+
+    def values(self) -> dict[str, QuantityValues]:
+        return {
+            name: QuantityValues(
+                unit=self.units.get(name, ""),
+                truth=[_finite(e.truth) for e in rows],
+                predicted=[_finite(e.predicted) for e in rows],
+                ks=[_finite(e.ks) for e in rows],
+                wasserstein=[_finite(e.wasserstein) for e in rows],
+            )
+            for name, rows in self.rows.items()
+        }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 def draw_samples(run: RunDir, result: JobResult, data: PreparedData) -> Path | None:

@@ -78,14 +78,15 @@ class QuantityTable:
 def _rows(
     image: str, split: str, mask: np.ndarray, classes: list[str], scale: q.Scale
 ) -> list[QuantityRow]:
-    rows = []
-    for quantity, class_id in q.default_quantities(classes):
-        if mask.ndim == 3 and quantity in q.GRAIN_QUANTITIES:
-            continue  # E112 is planar: grain size of a volume is measured slice by slice
-        m = q.measure(quantity, mask, class_id, scale)
-        rows.append(QuantityRow(image, split, quantity, classes[class_id], m.value, m.unit,
-                                m.note))  # fmt: skip
-    return rows
+    wanted = [
+        (quantity, class_id)
+        for quantity, class_id in q.default_quantities(classes)
+        if not (mask.ndim == 3 and quantity in q.GRAIN_QUANTITIES)  # E112 is planar
+    ]
+    return [
+        QuantityRow(image, split, m.quantity, classes[m.class_id], m.value, m.unit, m.note)
+        for m in q.measure_many(mask, wanted, scale, ignore_index=255)
+    ]
 
 
 def _dataset_masks(spec: DatasetSpec) -> tuple[list[str], list[tuple[str, str, np.ndarray]]]:

@@ -24,9 +24,9 @@ image or 3D volume), the class it measures and the pixel size, and returning a
   ``N_A = (N_inside + N_intercepted / 2 + 1) / A``, the 1 for the four corner grains). Grains
   are the 4-connected regions that the boundary class separates. G needs the pixel size.
 
-scikit-image (``label``, ``regionprops``) and scipy do the labelling, areas, ECD and maximum
-Feret diameter; written here is only what they lack: the minimum Feret diameter (rotating
-calipers on the convex hull), the border correction and the E112 counts.
+scikit-image (``label``, ``regionprops``) and scipy do the labelling, areas and ECD; written
+here is only what they lack: Feret diameters on the pixel outline in one pass (the minimum by
+rotating calipers), the border correction and the E112 counts.
 """
 
 from __future__ import annotations
@@ -152,26 +152,34 @@ def area_fraction(
     return Measurement("area_fraction", class_id, value, "1", "" if n else "no counted pixel")
 
 
-def min_feret(points: NDArray[np.float64]) -> float:
-    """Smallest caliper width of a 2D point set: rotating calipers on its convex hull.
+def feret_diameters(coords: NDArray[np.int64]) -> tuple[float, float]:
+    """(maximum, minimum) Feret diameter of a 2D feature given its pixel coordinates.
 
-    The minimum width is reached with one caliper flush with a hull edge, so it is the least,
-    over hull edges, of the farthest hull point's distance from that edge's line (scikit-image
-    gives only the maximum Feret diameter)."""
+    Calipers touch the outline of the pixels (their corners, as ImageJ measures Feret), and the
+    outline's convex hull is that of each row's outermost pixels, so four corners per row are
+    all the hull needs. The maximum is the largest distance between hull vertices; the minimum
+    is reached with one caliper flush with a hull edge, so it is the least, over hull edges, of
+    the farthest vertex's distance from that edge's line (rotating calipers). Written here
+    because scikit-image gives only the maximum, through a slower contour of the convex image.
+    """
     from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
 
+    rows, cols = coords[:, 0], coords[:, 1]
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    r = rows[starts].astype(float)
+    lo = np.minimum.reduceat(cols, starts).astype(float)
+    hi = np.maximum.reduceat(cols, starts).astype(float) + 1.0
+    points = np.concatenate([np.stack([r, lo], 1), np.stack([r + 1, lo], 1),
+                             np.stack([r, hi], 1), np.stack([r + 1, hi], 1)])  # fmt: skip
     hull = points[ConvexHull(points).vertices]
     edges = np.roll(hull, -1, axis=0) - hull
     normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    spans = hull @ normals.T  # (points, edges)
-    return float((spans.max(axis=0) - spans.min(axis=0)).min())
-
-
-def _pixel_corners(coords: NDArray[np.int64]) -> NDArray[np.float64]:
-    """The corners of the pixels at ``coords``: the outline a caliper touches."""
-    offsets = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
-    return (coords[:, None, :] + offsets[None]).reshape(-1, 2)
+    spans = hull @ normals.T  # (vertices, edges)
+    return float(pdist(hull).max()), float((spans.max(axis=0) - spans.min(axis=0)).min())
 
 
 def features(
@@ -204,8 +212,12 @@ def features(
             weight = float(np.prod(shape) / np.prod(shape - (hi - lo)))
         weights.append(weight)
         ecd.append(region.equivalent_diameter_area)
-        fmax.append(region.feret_diameter_max)
-        fmin.append(min_feret(_pixel_corners(region.coords)) if arr.ndim == 2 else math.nan)
+        if arr.ndim == 2:
+            longest, shortest = feret_diameters(region.coords)
+        else:  # 3D: scikit-image's maximum; the minimum is not measured
+            longest, shortest = region.feret_diameter_max, math.nan
+        fmax.append(longest)
+        fmin.append(shortest)
     return Features(
         class_id=class_id, connectivity=neighbours, border=border, ndim=arr.ndim,
         image_size=float(scale.length(1.0) ** arr.ndim * np.prod(shape)),
@@ -239,48 +251,49 @@ def _weighted_mean(values: NDArray[np.float64], weights: NDArray[np.float64]) ->
     return float(np.average(values[ok], weights=weights[ok]))
 
 
-def _distribution(
-    name: str, pick: Callable[[Features], NDArray[np.float64]], power: int
-) -> Quantity:
-    def measure(
+_FEATURE_VALUES: dict[str, tuple[Callable[[Features], NDArray[np.float64]], int]] = {
+    "feature_size": (lambda f: f.ecd, 1),
+    "feret_max": (lambda f: f.feret_max, 1),
+    "feret_min": (lambda f: f.feret_min, 1),
+    "aspect_ratio": (lambda f: f.aspect_ratio, 0),
+}
+
+
+def of_features(name: str, f: Features, scale: Scale) -> Measurement:
+    """A feature quantity from measured features: the count, the number density, or the
+    weighted mean of a size or shape, with its distribution."""
+    note = _feature_note(f, scale)
+    if name == "feature_count":
+        return Measurement(name, f.class_id, f.count, "features", note)
+    if name == "number_density":
+        return Measurement(name, f.class_id, f.count / f.image_size, scale.unit(-f.ndim), note)
+    pick, power = _FEATURE_VALUES[name]
+    values = pick(f)
+    unit = "1" if power == 0 else scale.unit(power)
+    return Measurement(name, f.class_id, _weighted_mean(values, f.weights), unit, note, values,
+                       f.weights)  # fmt: skip
+
+
+def _feature_quantity(name: str, doc: str) -> Quantity:
+    def quantity(
         mask: NDArray[np.integer], class_id: int, scale: Scale = Scale(), **options: object
     ) -> Measurement:
-        f = features(mask, class_id, scale, **options)  # type: ignore[arg-type]
-        values = pick(f)
-        unit = "1" if power == 0 else scale.unit(power)
-        return Measurement(
-            name, class_id, _weighted_mean(values, f.weights), unit, _feature_note(f, scale),
-            values, f.weights,
-        )  # fmt: skip
+        return of_features(name, features(mask, class_id, scale, **options), scale)  # type: ignore[arg-type]
 
-    measure.__name__ = name
-    measure.__doc__ = f"Weighted mean {name.replace('_', ' ')} of the class's features."
-    return measure
+    quantity.__name__ = name
+    quantity.__doc__ = doc
+    return quantity
 
 
-feature_size = _distribution("feature_size", lambda f: f.ecd, 1)
-feret_max = _distribution("feret_max", lambda f: f.feret_max, 1)
-feret_min = _distribution("feret_min", lambda f: f.feret_min, 1)
-aspect_ratio = _distribution("aspect_ratio", lambda f: f.aspect_ratio, 0)
-
-
-def feature_count(
-    mask: NDArray[np.integer], class_id: int, scale: Scale = Scale(), **options: object
-) -> Measurement:
-    """Number of features of the class (border-corrected under Miles-Lantuejoul)."""
-    f = features(mask, class_id, scale, **options)  # type: ignore[arg-type]
-    return Measurement("feature_count", class_id, f.count, "features", _feature_note(f, scale))
-
-
-def number_density(
-    mask: NDArray[np.integer], class_id: int, scale: Scale = Scale(), **options: object
-) -> Measurement:
-    """Features of the class per unit area (volume)."""
-    f = features(mask, class_id, scale, **options)  # type: ignore[arg-type]
-    unit = scale.unit(-f.ndim)
-    return Measurement(
-        "number_density", class_id, f.count / f.image_size, unit, _feature_note(f, scale)
-    )
+feature_count = _feature_quantity(
+    "feature_count", "Number of features of the class (border-corrected under Miles-Lantuejoul)."
+)
+number_density = _feature_quantity("number_density", "Features of the class per unit area.")
+feature_size = _feature_quantity("feature_size", "Weighted mean equivalent circular diameter.")
+feret_max = _feature_quantity("feret_max", "Weighted mean maximum Feret diameter.")
+feret_min = _feature_quantity("feret_min", "Weighted mean minimum Feret diameter.")
+aspect_ratio = _feature_quantity("aspect_ratio", "Weighted mean ISO 9276-6 aspect ratio.")
+FEATURE_NAMES = ("feature_count", "number_density", *_FEATURE_VALUES)
 
 
 # --- grain size (ASTM E112) -------------------------------------------------------------------
@@ -417,12 +430,38 @@ QUANTITIES: dict[str, Quantity] = {
 
 
 def measure(
-    name: str, mask: NDArray[np.integer], class_id: int, scale: Scale = Scale()
+    name: str,
+    mask: NDArray[np.integer],
+    class_id: int,
+    scale: Scale = Scale(),
+    ignore_index: int | None = None,
 ) -> Measurement:
-    """One registered quantity of one class (one-line error for an unknown name)."""
+    """One registered quantity of one class (one-line error for an unknown name);
+    ``ignore_index``: pixels an area fraction does not count."""
     if name not in QUANTITIES:
         raise SpecError("quantity", f"one of {', '.join(QUANTITIES)}", repr(name))
+    if name == "area_fraction":
+        return area_fraction(mask, class_id, scale, ignore_index)
     return QUANTITIES[name](mask, class_id, scale)
+
+
+def measure_many(
+    mask: NDArray[np.integer],
+    wanted: list[tuple[str, int]],
+    scale: Scale = Scale(),
+    ignore_index: int | None = None,
+) -> list[Measurement]:
+    """Several (quantity, class) of one mask, each class's features labelled and measured once."""
+    found: dict[int, Features] = {}
+    out = []
+    for name, class_id in wanted:
+        if name in FEATURE_NAMES:
+            if class_id not in found:
+                found[class_id] = features(mask, class_id, scale)
+            out.append(of_features(name, found[class_id], scale))
+        else:
+            out.append(measure(name, mask, class_id, scale, ignore_index))
+    return out
 
 
 # --- what to measure on a mask ----------------------------------------------------------------
@@ -491,6 +530,7 @@ class QuantityError:
     predicted: float
     ks: float = math.nan  # Kolmogorov-Smirnov statistic between the distributions
     wasserstein: float = math.nan  # earth mover's distance, in the quantity's unit
+    unit: str = ""
 
     @property
     def error(self) -> float:
@@ -526,13 +566,36 @@ def _weighted_ks(a: Measurement, b: Measurement) -> tuple[float, float]:
 
 
 def compare(
-    truth: NDArray[np.integer], predicted: NDArray[np.integer], target: Target, scale: Scale
+    truth: NDArray[np.integer],
+    predicted: NDArray[np.integer],
+    target: Target,
+    scale: Scale,
+    ignore_index: int | None = None,
 ) -> QuantityError:
-    """The target quantity on one image's ground truth and prediction."""
-    t = measure(target.quantity, truth, target.class_id, scale)
-    p = measure(target.quantity, predicted, target.class_id, scale)
+    """The target quantity on one image's ground truth and prediction (``ignore_index``: pixels
+    an area fraction does not count)."""
+    t = measure(target.quantity, truth, target.class_id, scale, ignore_index)
+    p = measure(target.quantity, predicted, target.class_id, scale, ignore_index)
     ks, emd = _weighted_ks(t, p) if target.quantity in DISTRIBUTIONS else (math.nan, math.nan)
-    return QuantityError(t.value, p.value, ks, emd)
+    return QuantityError(t.value, p.value, ks, emd, t.unit)
+
+
+def compare_many(
+    truth: NDArray[np.integer],
+    predicted: NDArray[np.integer],
+    targets: list[Target],
+    scale: Scale,
+    ignore_index: int | None = None,
+) -> list[QuantityError]:
+    """:func:`compare` for several targets, each mask's features measured once per class."""
+    wanted = [(t.quantity, t.class_id) for t in targets]
+    on_truth = measure_many(truth, wanted, scale, ignore_index)
+    on_prediction = measure_many(predicted, wanted, scale, ignore_index)
+    out = []
+    for target, t, p in zip(targets, on_truth, on_prediction, strict=True):
+        distance = _weighted_ks(t, p) if target.quantity in DISTRIBUTIONS else (math.nan, math.nan)
+        out.append(QuantityError(t.value, p.value, *distance, t.unit))
+    return out
 
 
 @dataclass(frozen=True)

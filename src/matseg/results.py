@@ -81,14 +81,30 @@ class ImageRef(_Result):
     source: str = ""
 
 
+class QuantityValues(_Result):
+    """One microstructure quantity of one class (:mod:`matseg.quantities`) on each evaluated
+    image, on the ground truth and on the prediction (aligned with the split's images); for a
+    feature quantity also the distance between the two distributions on that image."""
+
+    unit: str
+    truth: list[Number]
+    predicted: list[Number]
+    ks: list[Number] = Field(default_factory=list)
+    wasserstein: list[Number] = Field(default_factory=list)
+
+
 class SplitResult(_Result):
-    """The ONE evaluation of a job on a split: scores, baselines on the same images, confusions."""
+    """The ONE evaluation of a job on a split: scores, baselines on the same images, confusions,
+    and the microstructure quantities of truth and prediction (absent before 0.3.1)."""
 
     n_images: int
     images: list[ImageRef]
     scores: Scores
     baselines: dict[str, Scores] = Field(default_factory=dict)
     confusions: list[list[list[int]]] = Field(default_factory=list)
+    quantities: dict[str, QuantityValues] = Field(
+        default_factory=dict, description="'quantity:class' -> values per image"
+    )
 
 
 class WeightsLoaded(_Result):

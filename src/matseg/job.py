@@ -37,7 +37,14 @@ from matseg.models import build_model, save_weights
 from matseg.plan import CvFold, Job
 from matseg.plots import sample_predictions_png
 from matseg.profile import Training
-from matseg.quantities import QuantityError, Scale, Target, compare_many, default_quantities
+from matseg.quantities import (
+    QuantityError,
+    Scale,
+    Target,
+    compare_many,
+    default_quantities,
+    measure_many,
+)
 from matseg.results import (
     OOF,
     FoldImages,
@@ -79,6 +86,7 @@ class PreparedData:
     in_channels: int
     train_frequencies: np.ndarray
     dataset: MicrographDataset  # every split, built once per run and shared by the jobs
+    _truth: dict[tuple[str, object], list[float]] = field(default_factory=dict, repr=False)
     _folds: dict[tuple[int, int, int, str, float], list[Fold]] = field(
         default_factory=dict, repr=False
     )
@@ -95,6 +103,10 @@ class PreparedData:
                 if 0 <= cls < len(self.classes):
                     counts[cls] += n
         return counts / max(counts.sum(), 1)
+
+    def split_keys(self, name: str) -> list[str]:
+        """The image keys of one of the spec's splits."""
+        return [item.key for item in self.inspection.split.splits.get(name, [])]
 
     def development_items(self, test: str = "keep") -> list[Item]:
         """The images cross-validation folds: train + val, and test too when ``test='none'``."""
@@ -118,6 +130,31 @@ class PreparedData:
                 items, cv.folds, cv.repeats, cv.seed, self.presence(), cv.inner_val
             )
         return self._folds[key]
+
+    def truth_quantities(self, keys: Iterable[str]) -> dict[str, float | None]:
+        """Mean over the images ``keys`` of each default quantity of their ground truth: what
+        the constant-quantity baseline predicts for every image (its training split's mean)."""
+        targets = [Target(q, c, self.classes[c]) for q, c in default_quantities(self.classes)]
+        wanted = [(t.quantity, t.class_id) for t in targets]
+        spec = self.inspection.spec
+        scale = Scale(spec.pixel_size_um)
+        subset = self.dataset.subset(list(keys), "train")
+        values = []
+        for ref_index in range(len(subset)):
+            ref = subset.refs[ref_index]
+            where = (ref.item.key, ref.window)
+            if where not in self._truth:
+                mask = subset[ref_index].mask
+                assert mask is not None
+                found = measure_many(mask, wanted, scale, spec.ignore_index)
+                self._truth[where] = [m.value for m in found]
+            values.append(self._truth[where])
+        table = np.array(values, dtype=float).reshape(len(values), len(targets))
+        out: dict[str, float | None] = {}
+        for t, column in zip(targets, table.T, strict=True):
+            ok = column[np.isfinite(column)]
+            out[t.name] = float(ok.mean()) if ok.size else None
+        return out
 
     def for_job(self, job: Job) -> JobData:
         """The job's parts: the spec's splits (holdout), or its fold's (cross-validation)."""
@@ -421,6 +458,9 @@ def run_job(
             stopped_by=fitted.stopped_by,
             train_seconds=fitted.seconds,
             train_class_frequencies=parts.train_frequencies.tolist(),
+            train_quantities=data.truth_quantities(
+                parts.fold.train if parts.fold is not None else data.split_keys("train")
+            ),
             late_val_gain=late_gain([row["val_iou"] for row in fitted.history]),
             fold=None if parts.fold is None else FoldImages.of(parts.fold),
             evaluations=evaluations,

@@ -190,6 +190,8 @@ class JobResult(_Result):
     stopped_by: str
     train_seconds: Number = None
     train_class_frequencies: list[float] = Field(default_factory=list)
+    # 'quantity:class' -> mean over the training images' ground truth (the constant baseline)
+    train_quantities: dict[str, Number] = Field(default_factory=dict)
     evaluations: dict[str, SplitResult] = Field(default_factory=dict)
     provenance: JobProvenance = Field(default_factory=JobProvenance)
     fold: FoldImages | None = None  # cross-validation jobs only

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from matseg.plan import CvFold, Job
 from matseg.profile import Training
-from matseg.results import ImageRef, JobResult, Scores, SplitResult, WeightsLoaded
+from matseg.results import (
+    ImageRef,
+    JobResult,
+    QuantityValues,
+    Scores,
+    SplitResult,
+    WeightsLoaded,
+)
 
 A = 10_000  # true positives per class of an image's confusion
 
@@ -34,8 +41,10 @@ def job_result(
     converged: bool = True,
     confusions: list[list[list[int]]] | None = None,
     dataset: str = "sem",
+    fractions: tuple[list[float], list[float], float] | None = None,
 ) -> JobResult:
-    """A finished job whose per-image macro IoUs on ``split`` are ``ious``."""
+    """A finished job whose per-image macro IoUs on ``split`` are ``ious``; ``fractions``:
+    (true, predicted, training mean) area fraction of class 'fg' on those images."""
     keys = keys or [f"img{i:02d}" for i in range(len(ious))]
     cv = None if fold is None else CvFold(folds=5, index=fold)
     job = Job(
@@ -47,10 +56,15 @@ def job_result(
     ev = SplitResult(
         n_images=len(ious), images=[ImageRef(key=k) for k in keys], scores=_scores(len(ious)),
         confusions=confusions if confusions is not None else [confusion(v) for v in ious],
+        quantities={} if fractions is None else {
+            "area_fraction:fg": QuantityValues(unit="1", truth=list(fractions[0]),
+                                               predicted=list(fractions[1]))
+        },
     )  # fmt: skip
     return JobResult(
         job=job, classes=["bg", "fg"], weights=WeightsLoaded(source="none"), parameters=params,
         latency_ms_256=10.0, epochs=30, best_epoch=5 if converged else 29, best_val_iou=0.5,
         stopped_by="early stopping" if converged else "max epochs",
         train_class_frequencies=[0.6, 0.4], evaluations={split: ev},
+        train_quantities={} if fractions is None else {"area_fraction:fg": fractions[2]},
     )  # fmt: skip

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from builders import job_result as _result
-from matseg.decision import decide_dataset, halving_drops
+from matseg.decision import Ranking, decide_dataset, halving_drops
 
 RNG = np.random.default_rng(0)
 BASE = RNG.uniform(0.5, 0.8, size=20)
@@ -159,3 +159,40 @@ def test_halving_never_drops_everything() -> None:
     d = decide_dataset(lazy)
     assert d is not None and d.verdict == "no better than a constant"
     assert halving_drops([d]) == {}
+
+
+def test_ranking_by_the_target_quantity_can_disagree_with_iou_and_says_so() -> None:
+    """The higher-IoU combination overestimates the phase fraction on every image; the other
+    gets it right: by IoU the first wins, by the target the second; a target error no better
+    than predicting the training mean everywhere is never recommended."""
+    truth = list(RNG.uniform(0.2, 0.4, 20))
+    biased = [t + 0.05 + RNG.normal(0, 0.005) for t in truth]
+    accurate = [t + RNG.normal(0, 0.005) for t in truth]
+    results = [
+        _result("r50", "unet", list(BASE + 0.05), fractions=(truth, biased, 0.3)),
+        _result("r18", "fpn", list(BASE), fractions=(truth, accurate, 0.3)),
+    ]
+    by_iou = decide_dataset(results, ranking_by=Ranking("area_fraction:fg"))
+    assert by_iou is not None and by_iou.ranked_by == "iou" and by_iou.recommended == "r50 + unet"
+    first = by_iou.ranking[0]  # the target's error is reported beside IoU all the same
+    assert first.target_error == pytest.approx(np.mean(np.abs(np.subtract(biased, truth))))
+    assert first.target_bias == pytest.approx(0.05, abs=0.005) and first.target_error_ci[0] > 0.04
+    by_target = decide_dataset(results, ranking_by=Ranking("area_fraction:fg", by="target"))
+    assert by_target is not None and by_target.ranked_by == "area_fraction:fg"
+    assert by_target.verdict == "better" and by_target.recommended == "r18 + fpn"
+    assert "smallest out-of-fold area_fraction:fg error" in " ".join(by_target.reasons)
+    assert by_target.tie_margin == pytest.approx(0.05 * np.mean(truth))
+    constant = [0.3] * 20  # predicting the training mean everywhere
+    lazy = decide_dataset(
+        [_result("r50", "unet", list(BASE + 0.05), fractions=(truth, constant, 0.3)),
+         _result("r18", "fpn", list(BASE), fractions=(truth, accurate, 0.3))],
+        ranking_by=Ranking("area_fraction:fg", by="target"),
+    )  # fmt: skip
+    assert lazy is not None and lazy.recommended == "r18 + fpn"
+    assert not lazy.ranking[1].beats_constant and lazy.verdict == "only one beats a constant"
+    old = decide_dataset([_result("r50", "unet", list(BASE)), _result("r18", "fpn", list(BASE))],
+                         ranking_by=Ranking("area_fraction:fg", by="target"))  # fmt: skip
+    assert old is not None and old.ranked_by == "iou"  # results without quantities: IoU
+    assert any("ranked by IoU" in n for n in old.notes)
+    other = decide_dataset(results, ranking_by=Ranking("area_fraction:pore", by="target"))
+    assert other is not None and other.ranked_by == "iou"  # no such class in this dataset

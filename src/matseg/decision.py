@@ -27,11 +27,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from matseg import metrics
+from matseg.errors import SpecError
+from matseg.quantities import Target
 from matseg.results import EVIDENCE_WORDS, OOF, JobResult
 from matseg.rundir import RunDir
 from matseg.selection import ALPHA, TIE_MARGIN, Comparison, compare_to_best, holm, signed_rank
@@ -79,6 +82,10 @@ class Evidence(_Model):
     best_in_folds: float | None  # share of folds in which it is best (None: no folds)
     best_in_bootstrap: float  # share of bootstrap resamples of the images in which it is best
     versus_best: Versus | None = None  # None for the best itself
+    # the task's target quantity on the evidence images (None without a target)
+    target_error: float | None = None  # mean absolute error, per image
+    target_error_ci: list[float | None] = []  # its bootstrap 95% CI
+    target_bias: float | None = None  # mean signed error (prediction - truth)
 
 
 class DatasetDecision(_Model):
@@ -104,6 +111,30 @@ class DatasetDecision(_Model):
     tied: list[str]
     reasons: list[str]
     notes: list[str]
+    ranked_by: str = "iou"  # iou, or the target ('quantity:class') whose error ranked
+    target: str | None = None  # the task's target quantity, 'quantity:class'
+    target_unit: str | None = None
+    target_baseline_error: float | None = None  # the training-mean constant's mean abs error
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What ranks the combinations: IoU (default), or the absolute error of the task's target
+    quantity (``by = "target"``), with its equivalence margin (None: 5% of the mean truth)."""
+
+    target: str | None = None
+    by: str = "iou"
+    target_tie_margin: float | None = None
+
+    @classmethod
+    def of_profile(cls, profile: dict[str, Any]) -> Ranking:
+        """From a profile's plain data (the run's copy)."""
+        task, evaluation = profile.get("task") or {}, profile.get("evaluation") or {}
+        return cls(task.get("target"), evaluation.get("recommend_by", "iou"),
+                   evaluation.get("target_tie_margin"))  # fmt: skip
+
+
+TARGET_MARGIN_SHARE = 0.05  # default equivalence margin of a target: 5% of its mean true value
 
 
 def combination_name(encoder: str, decoder: str, weights: str) -> str:
@@ -120,6 +151,25 @@ class _Pooled:
     confusion: dict[str, np.ndarray] = field(default_factory=dict)
     constants: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     by_fold: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # target quantity per image: truth, the predictions (seeds, repeats) and the constant's
+    truth: dict[str, float] = field(default_factory=dict)
+    predicted: dict[str, list[float]] = field(default_factory=dict)
+    constant: dict[str, list[float]] = field(default_factory=dict)
+    unit: str | None = None
+
+    def add_target(self, result: JobResult, split: str, target: str) -> None:
+        values = result.evaluations[split].quantities.get(target)
+        if values is None:
+            return
+        self.unit = values.unit
+        train_mean = result.train_quantities.get(target)
+        images = result.evaluations[split].images
+        for image, t, p in zip(images, values.truth, values.predicted, strict=True):
+            self.truth[image.key] = math.nan if t is None else t
+            self.predicted.setdefault(image.key, []).append(math.nan if p is None else p)
+            self.constant.setdefault(image.key, []).append(
+                math.nan if train_mean is None else train_mean
+            )
 
     def add(self, result: JobResult, split: str) -> None:
         self.jobs.append(result)
@@ -197,21 +247,56 @@ def _cost(e: Evidence) -> tuple[int, float]:
     return (e.parameters, e.latency_ms if e.latency_ms is not None else math.inf)
 
 
+def _target_name(target: str | None, classes: list[str], notes: list[str]) -> str | None:
+    """The target as 'quantity:class' of this dataset, or None (with a note) when it has no
+    such class."""
+    if target is None:
+        return None
+    try:
+        return Target.parse(target, classes).name
+    except SpecError as exc:
+        notes.append(f"target {target!r} does not apply to this dataset ({exc}): ranked by IoU")
+        return None
+
+
+def _target_errors(
+    pooled: dict[tuple[str, str, str], _Pooled],
+    names: dict[tuple[str, str, str], str],
+    keys: list[str],
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None:
+    """Per combination, the target's signed error on each image (predictions pooled over seeds
+    and repeats), the constant's, and the true values; None when a combination lacks them."""
+    if any(not all(k in p.truth for k in keys) for p in pooled.values()):
+        return None
+    first = next(iter(pooled.values()))
+    truth = np.array([first.truth[k] for k in keys])
+    errors = {
+        names[c]: np.array([np.nanmean(p.predicted[k]) for k in keys]) - truth
+        for c, p in pooled.items()
+    }
+    constant = np.array([np.nanmean(first.constant[k]) for k in keys]) - truth
+    return errors, constant, truth
+
+
 def decide_dataset(
     results: Sequence[JobResult],
     tie_margin: float = TIE_MARGIN,
     alpha: float = ALPHA,
     seed: int = 0,
+    ranking_by: Ranking = Ranking(),
 ) -> DatasetDecision | None:
     """The decision on one dataset from its finished jobs (None when none has evidence)."""
     split = _evidence_split(results)
     usable = [r for r in results if split in r.evaluations and r.evaluations[split].confusions]
     if not usable:
         return None
+    notes: list[str] = []
+    target = _target_name(ranking_by.target, usable[0].classes, notes)
     pooled: dict[tuple[str, str, str], _Pooled] = defaultdict(_Pooled)
     for r in usable:
         pooled[(r.job.encoder, r.job.decoder, r.job.weights)].add(r, split)
-    notes: list[str] = []
+        if target is not None:
+            pooled[(r.job.encoder, r.job.decoder, r.job.weights)].add_target(r, split, target)
     keys = sorted(set.intersection(*(set(p.confusion) for p in pooled.values())))
     every = set().union(*(set(p.confusion) for p in pooled.values()))
     if len(keys) < len(every):
@@ -231,11 +316,45 @@ def decide_dataset(
     scores = {name: s[finite] for name, s in scores.items()}
     first = next(iter(pooled.values()))
     constants = {name: _macro([first.constants[name][k] for k in keys]) for name in first.constants}
+    iou_scores = scores
+    found = _target_errors(pooled, names, keys) if target is not None else None
+    if target is not None and found is None:
+        notes.append(f"no {target} values in these jobs' results (written before matseg "
+                     "measured quantities): ranked by IoU")  # fmt: skip
+    by_target = found is not None and ranking_by.by == "target"
+    target_margin = None
+    if found is not None:
+        errors, constant_error, truth = found
+        defined = np.isfinite(truth) & np.isfinite(constant_error)
+        for e in errors.values():
+            defined &= np.isfinite(e)
+        if by_target:
+            if int(defined.sum()) < len(keys):
+                notes.append(f"{len(keys) - int(defined.sum())} image(s) without a defined "
+                             f"{target} left out of the ranking")  # fmt: skip
+            keys = [k for k, ok in zip(keys, defined, strict=True) if ok]
+            errors = {n: e[defined] for n, e in errors.items()}
+            constant_error, truth = constant_error[defined], truth[defined]
+            iou_scores = {n: s[defined] for n, s in scores.items()}
+            if not keys:
+                return None
+            # ranked by the target: higher is better, so the scores are minus the absolute error
+            scores = {n: -np.abs(e) for n, e in errors.items()}
+            constants = {"training mean": -np.abs(constant_error)}
+            target_margin = ranking_by.target_tie_margin or float(
+                TARGET_MARGIN_SHARE * np.mean(np.abs(truth))
+            )
+            tie_margin = target_margin
     by_fold: dict[str, dict[str, float]] = defaultdict(dict)
     for combo, p in pooled.items():
         for fold, confusions in p.by_fold.items():
             fold_keys = [k for k in keys if k in confusions]
-            if fold_keys:
+            if not fold_keys:
+                continue
+            if by_target:  # the fold's mean score: minus its mean absolute target error
+                at = [keys.index(k) for k in fold_keys]
+                by_fold[fold][names[combo]] = float(np.mean(scores[names[combo]][at]))
+            else:
                 by_fold[fold][names[combo]] = float(
                     np.nanmean(_macro([confusions[k] for k in fold_keys]))
                 )
@@ -265,6 +384,18 @@ def decide_dataset(
         estimate = metrics.score_images(stacked, classes, freqs, n_boot=N_BOOT, seed=seed)
         latencies = [r.latency_ms_256 for r in p.jobs if r.latency_ms_256 is not None]
         difference = float(np.mean(scores[name] - constant))
+        target_fields = {}
+        if found is not None:
+            err = found[0][name]
+            err = err[np.isfinite(err)]
+            if err.size:
+                boot = np.abs(err)[np.random.default_rng(seed).integers(
+                    0, err.size, size=(N_BOOT, err.size))].mean(axis=1)  # fmt: skip
+                target_fields = {
+                    "target_error": float(np.abs(err).mean()),
+                    "target_error_ci": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
+                    "target_bias": float(err.mean()),
+                }
         evidence[name] = Evidence(
             name=name, encoder=combo[0], decoder=combo[1], weights=combo[2],
             jobs=[r.job.hash for r in p.jobs], mean_iou=float(np.mean(scores[name])),
@@ -276,9 +407,10 @@ def decide_dataset(
             latency_ms=float(np.median(latencies)) if latencies else None,
             beats_constant=bool((p_c < alpha or not testable) and difference > 0),
             constant_difference=difference, constant_p_holm=float(p_c),
-            best_in_folds=in_folds[name], best_in_bootstrap=in_boot[name],
+            best_in_folds=in_folds[name], best_in_bootstrap=in_boot[name], **target_fields,
         )  # fmt: skip
-    ranking = sorted(evidence.values(), key=lambda e: (-e.mean_iou, _cost(e)))
+    mean_score = {name: float(np.mean(v)) for name, v in scores.items()}
+    ranking = sorted(evidence.values(), key=lambda e: (-mean_score[e.name], _cost(e)))
     decision = DatasetDecision(
         dataset=usable[0].job.dataset,
         protocol={OOF: "cv", VAL: "holdout", TEST: "test"}[split],
@@ -289,8 +421,11 @@ def decide_dataset(
         seeds=sorted({r.job.seed for r in usable}),
         tie_margin=tie_margin, alpha=alpha, images=keys, ranking=ranking,
         baselines={name: float(np.mean(v)) for name, v in constants.items()},
-        per_image={name: [float(v) for v in s] for name, s in scores.items()},
+        per_image={name: [float(v) for v in s] for name, s in iou_scores.items()},
         kendall_tau_folds=tau, verdict="", recommended=None, tied=[], reasons=[], notes=notes,
+        ranked_by=target if by_target and target else "iou", target=target if found else None,
+        target_unit=next(iter(pooled.values())).unit if found else None,
+        target_baseline_error=float(np.nanmean(np.abs(found[1]))) if found else None,
     )  # fmt: skip
     return _verdict(decision, scores, constant_name, seed)
 
@@ -308,9 +443,16 @@ def _verdict(
     where = EVIDENCE_WORDS[d.evidence]
     for e in d.ranking:
         if not e.beats_constant:
+            against = (
+                f"{where} IoU {e.mean_iou:.3f} against {d.baselines[constant]:.3f} for "
+                f"predicting '{constant}' everywhere"
+                if d.ranked_by == "iou"
+                else f"{where} {d.ranked_by} error {_value(d, e)} against "
+                f"{_number_words(d.target_baseline_error, d)} for predicting the training "
+                "images' mean for every image"
+            )
             d.reasons.append(
-                f"{e.name} is no better than a constant: {where} IoU {e.mean_iou:.3f} against "
-                f"{d.baselines[constant]:.3f} for predicting '{constant}' everywhere (Holm p = "
+                f"{e.name} is no better than a constant: {against} (Holm p = "
                 f"{e.constant_p_holm:.3f}); never recommended"
             )
     if not eligible:
@@ -346,9 +488,15 @@ def _verdict(
     runner = others[0]
     rv = runner.versus_best
     assert rv is not None
+    highest = (
+        f"the highest {where} IoU ({best.mean_iou:.3f}, mean of {n} images)"
+        if d.ranked_by == "iou"
+        else f"the smallest {where} {d.ranked_by} error ({_value(d, best)}, mean absolute error "
+        f"over {n} images)"
+    )
     d.reasons.append(
-        f"{best.name} has the highest {where} IoU ({best.mean_iou:.3f}, mean of {n} images); "
-        f"the runner-up {runner.name} has {runner.mean_iou:.3f} (difference "
+        f"{best.name} has {highest}; "
+        f"the runner-up {runner.name} has {_value(d, runner)} (difference "
         f"{rv.mean_difference:+.3f}, paired bootstrap 95% CI [{rv.ci[0]:+.3f}, {rv.ci[1]:+.3f}]"
         f", Wilcoxon p = {rv.p:.3f}, Holm-corrected over the grid p = {rv.p_holm:.3f})"
     )
@@ -362,7 +510,8 @@ def _verdict(
         pick = min(tied, key=_cost)
         d.verdict, d.recommended, d.tied = "tie", pick.name, [e.name for e in tied]
         d.reasons.append(
-            f"proved equivalent within +-{d.tie_margin} IoU ({', '.join(d.tied)}): the "
+            f"proved equivalent within +-{_number_words(d.tie_margin, d)} {_measure(d)} "
+            f"({', '.join(d.tied)}): the "
             f"cheapest, {pick.name} ({pick.parameters / 1e6:.1f} M parameters"
             + (f", {pick.latency_ms:.0f} ms per 256 px image" if pick.latency_ms else "")
             + "), is recommended"
@@ -402,6 +551,26 @@ def _verdict(
     return d
 
 
+def _number_words(value: float | None, d: DatasetDecision) -> str:
+    """A ranking figure in words: IoU to three decimals, a target's error with its unit."""
+    if value is None:
+        return "undefined"
+    if d.ranked_by == "iou":
+        return f"{value:.3f}"
+    unit = "" if d.target_unit in (None, "", "1") else f" {d.target_unit}"
+    return f"{value:.3g}{unit}"
+
+
+def _measure(d: DatasetDecision) -> str:
+    """What ranked the combinations, in words."""
+    return "IoU" if d.ranked_by == "iou" else f"{d.ranked_by} error"
+
+
+def _value(d: DatasetDecision, e: Evidence) -> str:
+    """What ranked ``e``: its mean IoU, or its mean absolute target error."""
+    return _number_words(e.mean_iou if d.ranked_by == "iou" else e.target_error, d)
+
+
 def _say_if_provisional(d: DatasetDecision) -> None:
     """A recommended combination that had not converged is only provisionally recommended."""
     pick = next((e for e in d.ranking if e.name == d.recommended), None)
@@ -413,7 +582,10 @@ def _say_if_provisional(d: DatasetDecision) -> None:
 
 
 def decide(
-    results: Sequence[JobResult], tie_margin: float = TIE_MARGIN, seed: int = 0
+    results: Sequence[JobResult],
+    tie_margin: float = TIE_MARGIN,
+    seed: int = 0,
+    ranking_by: Ranking = Ranking(),
 ) -> list[DatasetDecision]:
     """One decision per dataset (in the order the datasets first appear), on the final jobs
     (grid jobs, or the last rung of successive halving)."""
@@ -421,7 +593,11 @@ def decide(
     for r in results:
         if r.job.final:
             by_dataset[r.job.dataset].append(r)
-    return [d for rs in by_dataset.values() if (d := decide_dataset(rs, tie_margin, seed=seed))]
+    return [
+        d
+        for rs in by_dataset.values()
+        if (d := decide_dataset(rs, tie_margin, seed=seed, ranking_by=ranking_by))
+    ]
 
 
 class HalvingRung(_Model):
@@ -465,16 +641,19 @@ def halving_drops(decisions: Sequence[DatasetDecision]) -> dict[tuple[str, str],
                 and v.mean_difference > 0 and v.ci[0] > 0
             ):  # fmt: skip
                 out[(d.dataset, e.name)] = (
-                    f"worse than {best} by {v.mean_difference:.3f} IoU (Holm p = {v.p_holm:.3g})"
+                    f"worse than {best} by {v.mean_difference:.3g} {_measure(d)} (Holm p = "
+                    f"{v.p_holm:.3g})"
                 )
     return out
 
 
 def decide_run(run: RunDir, results: Sequence[JobResult] | None = None) -> list[DatasetDecision]:
     """The decisions of a run folder, with its profile's ``evaluation.tie_margin``."""
-    evaluation = run.read_profile_data().get("evaluation") or {}
+    profile = run.read_profile_data()
+    evaluation = profile.get("evaluation") or {}
     results = run.results() if results is None else results
-    return decide(results, float(evaluation.get("tie_margin", TIE_MARGIN)))
+    tie_margin = float(evaluation.get("tie_margin", TIE_MARGIN))
+    return decide(results, tie_margin, ranking_by=Ranking.of_profile(profile))
 
 
 def recommended_combinations(

@@ -24,6 +24,7 @@ from matseg.datasets.folds import fold_notes
 from matseg.decision import (
     Halving,
     HalvingRung,
+    Ranking,
     combination_name,
     decide,
     halving_drops,
@@ -93,7 +94,8 @@ def _successive_halving(
         last = index == evaluation.rungs - 1
         as_final = [r.model_copy(update={"job": r.job.model_copy(update={"rung": None})})
                     for r in results]  # fmt: skip
-        decisions = decide(as_final, evaluation.tie_margin)
+        ranking = Ranking.of_profile(profile.model_dump(mode="json"))
+        decisions = decide(as_final, evaluation.tie_margin, ranking_by=ranking)
         dropped = {} if last else halving_drops(decisions)
         log.append(HalvingRung(
             index=index, epochs=jobs[0].training.max_epochs,
@@ -241,7 +243,8 @@ def run(
         else:
             trained, reused = execute(plan.jobs)
         results = folder.results(plan)
-        decisions = decide(results, profile.evaluation.tie_margin)
+        ranking = Ranking.of_profile(profile.model_dump(mode="json"))
+        decisions = decide(results, profile.evaluation.tie_margin, ranking_by=ranking)
         if any(r.job.fold is not None for r in results):
             from matseg.ensemble import score_ensembles
 

@@ -26,6 +26,7 @@ from matseg.profile import (
     Explain,
     Profile,
     QualityControl,
+    Task,
     Training,
     resolve_datasets,
 )
@@ -257,10 +258,11 @@ def compile_plan(
     return Plan(profile_name=profile.name, profile_hash=profile_hash, jobs=jobs)
 
 
-# What names a run folder besides its jobs (whose hashes hold what they train): the settings of
-# the stages after training. Each block is hashed without its defaults, so a field that a later
-# matseg adds (at the default that keeps the old behaviour) leaves every folder's name as it was.
-RUN_SETTINGS = {"qc": QualityControl, "explain": Explain, "evaluation": Evaluation}
+# What names a run folder besides its jobs (whose hashes hold what they train): the task (whose
+# target the stages report) and the settings of the stages after training. Each block is hashed
+# without its defaults, so a field that a later matseg adds (at the default that keeps the old
+# behaviour) leaves every folder's name as it was.
+RUN_SETTINGS = {"task": Task, "qc": QualityControl, "explain": Explain, "evaluation": Evaluation}
 
 
 def run_hash(profile: dict[str, Any], job_hashes: Sequence[str]) -> str:

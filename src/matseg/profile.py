@@ -24,6 +24,7 @@ from pydantic import (
 
 from matseg.datasets.spec import DatasetSpec, load_spec, spec_from_dict
 from matseg.errors import SpecError, read_json
+from matseg.quantities import QUANTITIES
 from matseg.selection import TIE_MARGIN
 
 Difficulty = Literal["Easy", "Moderate", "Hard", "Very Hard"]
@@ -55,6 +56,19 @@ class Task(_Block):
         "weighted_iou)",
     )
     difficulty: Difficulty | None = None
+    target: str | None = Field(
+        default=None,
+        description="the quantity the segmentation is for, 'QUANTITY[:CLASS]' (e.g. "
+        "'area_fraction:pore', 'feature_size:particle', 'grain_size'): its error sits beside "
+        "IoU in the tables and the report, and evaluation.recommend_by can rank by it",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _known_quantity(cls, value: str | None) -> str | None:
+        if value is not None and value.partition(":")[0] not in QUANTITIES:
+            raise ValueError(f"QUANTITY[:CLASS] with QUANTITY one of {', '.join(QUANTITIES)}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +254,13 @@ class Evaluation(_Block):
     search: Literal["grid", "halving"] = "grid"
     halving_rate: int = Field(default=3, ge=2, le=10)
     rungs: int = Field(default=3, ge=2, le=6)
+    recommend_by: Literal["iou", "target"] = "iou"
+    target_tie_margin: float | None = Field(
+        default=None,
+        gt=0,
+        description="equivalence margin for the target's absolute error, in its unit "
+        "(default: 5% of its mean true value on the evidence images)",
+    )
 
     @model_validator(mode="after")
     def _cv_fields_need_cv(self) -> Evaluation:
@@ -282,6 +303,12 @@ class Profile(_Block):
     qc: QualityControl = Field(default_factory=QualityControl)
     explain: Explain = Field(default_factory=Explain)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+
+    @model_validator(mode="after")
+    def _ranking_by_a_target_needs_one(self) -> Profile:
+        if self.evaluation.recommend_by == "target" and self.task.target is None:
+            raise ValueError("evaluation.recommend_by 'target' needs task.target")
+        return self
 
     # The folder of the profile file: relative dataset paths are taken from it (not JSON).
     _base_dir: Path | None = PrivateAttr(default=None)

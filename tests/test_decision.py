@@ -177,6 +177,7 @@ def test_ranking_by_the_target_quantity_can_disagree_with_iou_and_says_so() -> N
     first = by_iou.ranking[0]  # the target's error is reported beside IoU all the same
     assert first.target_error == pytest.approx(np.mean(np.abs(np.subtract(biased, truth))))
     assert first.target_bias == pytest.approx(0.05, abs=0.005) and first.target_error_ci[0] > 0.04
+    assert any("disagree on the best" in n for n in by_iou.notes)
     by_target = decide_dataset(results, ranking_by=Ranking("area_fraction:fg", by="target"))
     assert by_target is not None and by_target.ranked_by == "area_fraction:fg"
     assert by_target.verdict == "better" and by_target.recommended == "r18 + fpn"

@@ -411,6 +411,16 @@ def decide_dataset(
         )  # fmt: skip
     mean_score = {name: float(np.mean(v)) for name, v in scores.items()}
     ranking = sorted(evidence.values(), key=lambda e: (-mean_score[e.name], _cost(e)))
+    with_error = [e for e in ranking if e.target_error is not None]
+    if target is not None and len(with_error) > 1:
+        top_iou = max(with_error, key=lambda e: e.mean_iou)
+        top_target = min(with_error, key=lambda e: e.target_error or math.inf)
+        if top_iou.name != top_target.name:
+            notes.append(
+                f"IoU and the {target} error disagree on the best: {top_iou.name} has the "
+                f"highest IoU ({top_iou.mean_iou:.3f}), {top_target.name} the smallest {target} "
+                f"error ({top_target.target_error:.3g} against {top_iou.target_error:.3g})"
+            )
     decision = DatasetDecision(
         dataset=usable[0].job.dataset,
         protocol={OOF: "cv", VAL: "holdout", TEST: "test"}[split],

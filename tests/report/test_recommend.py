@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from builders import job_result
-from matseg.decision import decide
+from matseg.decision import Ranking, decide
 from matseg.record import (
     DatasetContext,
     EvaluationRecord,
@@ -23,7 +23,7 @@ from matseg.record import (
     _budget_warnings,
 )
 from matseg.report.recommend import recommend
-from matseg.report.tables import best_table, grid_table
+from matseg.report.tables import best_table, grid_table, ranking_table
 from matseg.results import JobResult, converged, late_gain
 
 
@@ -60,7 +60,7 @@ def _context(name: str, modality: str, difficulty: str) -> DatasetContext:
 
 
 def _record(
-    results: list[JobResult], contexts: list[DatasetContext], quality=()
+    results: list[JobResult], contexts: list[DatasetContext], quality=(), ranking=None
 ) -> EvaluationRecord:
     prov = Provenance(profile_hash="x", matseg_version="0", git_revision=None, packages={},
                       python="3.11", platform="", machine="", processor="", threads=1, gpu=None,
@@ -68,7 +68,7 @@ def _record(
     return EvaluationRecord(run=RunInfo(name="r", description="", profile={}), provenance=prov,
                             datasets=contexts, jobs=[_job_record(r) for r in results],
                             quality=list(quality), explanations=[], missing=[],
-                            decisions=decide(results))  # fmt: skip
+                            decisions=decide(results, ranking_by=ranking or Ranking()))  # fmt: skip
 
 
 RNG = np.random.default_rng(0)
@@ -188,3 +188,20 @@ def test_time_budgets_and_unconverged_jobs_are_warned() -> None:
     assert "1 of 2 jobs stopped by it" in warnings[0]
     assert warnings[1].startswith("not converged: 1 of 2 jobs") and "sem r50 + unet" in warnings[1]
     assert _budget_warnings({"training": {"max_epochs": 40}}, [settled]) == []
+
+
+def test_the_ranking_table_carries_the_targets_error_beside_iou() -> None:
+    truth = list(RNG.uniform(0.2, 0.4, 20))
+    results = [
+        job_result("r50", "unet", list(BASE + 0.05), dataset="sem",
+                   fractions=(truth, [t + 0.05 for t in truth], 0.3)),
+        job_result("r18", "fpn", list(BASE), dataset="sem",
+                   fractions=(truth, [t + 0.01 for t in truth], 0.3)),
+    ]  # fmt: skip
+    rec = recommend(_record(results, [_context("sem", "SEM", "Hard")],
+                            ranking=Ranking("area_fraction:fg", by="target")))  # fmt: skip
+    (d,) = rec.datasets
+    assert d.use == "r18 + fpn"
+    header, rows = ranking_table(d)
+    assert header[1:4] == ["area_fraction:fg error", "95% CI (error)", "area_fraction:fg bias"]
+    assert rows[0][0] == "r18 + fpn" and rows[0][1] == "0.01" and rows[1][3] == "0.05"

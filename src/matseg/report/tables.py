@@ -75,9 +75,14 @@ def grid_table(record: EvaluationRecord) -> Table:
     return header, rows
 
 
-def _interval(low_high: Sequence[float | None]) -> str:
+def _interval(low_high: Sequence[float | None], form: str = ".3f") -> str:
     lo, hi = [*low_high, None, None][:2]
-    return "–" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+    return "–" if lo is None or hi is None else f"[{lo:{form}}, {hi:{form}}]"
+
+
+def _significant(value: float | None) -> str:
+    """A quantity in any unit (fractions, µm, µm⁻²): four significant digits."""
+    return "–" if value is None else f"{value:.4g}"
 
 
 def best_table(rec: Recommendation) -> Table:
@@ -105,12 +110,20 @@ def ranking_table(d: DatasetRecommendation) -> Table:
               "p", "p (Holm)", "p equiv. (Holm)", "verdict", "beats constant (Holm p)",
               "best in folds", "best in bootstrap", "converged",
               "test IoU (not used for any choice)"]  # fmt: skip
+    target = d.decision.target
+    if target is not None:  # the quantity the task is for, beside IoU
+        unit = "" if d.decision.target_unit in (None, "1") else f", {d.decision.target_unit}"
+        header[1:1] = [f"{target} error{unit}", "95% CI (error)", f"{target} bias"]
     rows = []
     best = next((c for c in d.ranking if c.evidence.beats_constant), None)
     for c in d.ranking:
         e, v = c.evidence, c.evidence.versus_best
+        extra = [] if target is None else [
+            _significant(e.target_error), _interval(e.target_error_ci, ".4g"),
+            _significant(e.target_bias),
+        ]  # fmt: skip
         rows.append([
-            c.name, fmt(e.mean_iou), fmt(e.macro_iou), _interval(e.macro_iou_ci),
+            c.name, *extra, fmt(e.mean_iou), fmt(e.macro_iou), _interval(e.macro_iou_ci),
             f"{v.mean_difference:+.3f}" if v else ("best" if c is best else "–"),
             _interval(v.ci) if v else "–", fmt(v.p) if v else "–",
             fmt(v.p_holm) if v else "–", fmt(v.p_equivalent_holm) if v else "–",

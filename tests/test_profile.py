@@ -114,8 +114,9 @@ def test_plan_is_the_cartesian_product_with_stable_hashes(tmp_path: Path) -> Non
 
 
 def test_the_run_folder_is_named_by_what_decides_its_results(tmp_path: Path) -> None:
-    """Settings at their defaults (as a field a later matseg adds would be) leave the name as it
-    was; a post-training setting changes it; a folder an earlier matseg named is found again."""
+    """Settings at their defaults (as a field a later matseg adds would be) and decision settings
+    leave the name as it was; quality control or other jobs change it; a folder an earlier
+    matseg named is found again."""
     from matseg.rundir import RunDir
 
     _synthetic_spec(tmp_path)
@@ -131,15 +132,21 @@ def test_the_run_folder_is_named_by_what_decides_its_results(tmp_path: Path) -> 
     data["description"] = "a note"
     stated = compile_plan(load_profile(_write(tmp_path, data)))
     assert stated.profile_hash == plan.profile_hash
-    data["evaluation"]["tie_margin"] = 0.02  # same jobs, another decision: another folder
+    data["evaluation"]["tie_margin"] = 0.02  # same jobs, another decision: the same folder
+    data["task"] = {"target": "area_fraction:class_1"}
+    decided = compile_plan(load_profile(_write(tmp_path, data)))
+    assert decided.profile_hash == plan.profile_hash
+    data["qc"] = {"ready_auroc": 0.9}  # another quality control: another folder
     margin = compile_plan(load_profile(_write(tmp_path, data)))
     assert [j.hash for j in margin.jobs] == [j.hash for j in plan.jobs]
     assert margin.profile_hash != plan.profile_hash
+    data["evaluation"]["folds"] = 3  # other jobs: another folder
+    assert compile_plan(load_profile(_write(tmp_path, data))).profile_hash != margin.profile_hash
     # a folder of this run under another name (an earlier matseg hashed the whole profile)
     old = RunDir(tmp_path / "runs" / "p-0123abcd")
     old.root.mkdir(parents=True)
     old.write_plan(plan.model_copy(update={"profile_hash": "0123abcd0000"}))
-    old.profile_file.write_text(json.dumps(data | {"evaluation": {}}))
+    old.profile_file.write_text(json.dumps({**data, "qc": {}, "evaluation": {}}))
     assert RunDir.for_plan(tmp_path / "runs", plan).root == old.root
     assert RunDir.for_plan(tmp_path / "runs", margin).root.name == f"p-{margin.profile_hash[:8]}"
     old.profile_file.write_text("{")  # damaged: not taken for this run

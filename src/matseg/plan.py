@@ -26,7 +26,6 @@ from matseg.profile import (
     Explain,
     Profile,
     QualityControl,
-    Task,
     Training,
     resolve_datasets,
 )
@@ -258,22 +257,22 @@ def compile_plan(
     return Plan(profile_name=profile.name, profile_hash=profile_hash, jobs=jobs)
 
 
-# What names a run folder besides its jobs (whose hashes hold what they train): the task (whose
-# target the stages report) and the settings of the stages after training. Each block is hashed
-# without its defaults, so a field that a later matseg adds (at the default that keeps the old
-# behaviour) leaves every folder's name as it was.
-RUN_SETTINGS = {"task": Task, "qc": QualityControl, "explain": Explain, "evaluation": Evaluation}
+# What names a run folder besides its jobs (whose hashes hold what they train, folds and epoch
+# budgets included): the settings of the stages whose outputs the folder keeps (quality control,
+# explanations). Each is hashed without its defaults, so a field that a later matseg adds (at the
+# default that keeps the old behaviour) leaves every folder's name as it was. The task and the
+# decision settings (tie margins, target, recommend_by) are not in it: changing them re-decides
+# in the same folder from the jobs already trained.
+RUN_SETTINGS = {"qc": QualityControl, "explain": Explain}
 
 
 def run_hash(profile: dict[str, Any], job_hashes: Sequence[str]) -> str:
     """The run's identity from a profile's plain data (the profile of this run, or the copy in
     a run folder) and its jobs' hashes; description and dataset paths do not enter it."""
-    settings = {}
-    for block, model in RUN_SETTINGS.items():
-        data = profile.get(block)
-        if block == "evaluation" and data is None:
-            data = {"protocol": "holdout"}  # profiles saved before the block: holdout
-        settings[block] = model.model_validate(data or {}).model_dump(
+    settings = {
+        block: model.model_validate(profile.get(block) or {}).model_dump(
             mode="json", exclude_defaults=True
         )
+        for block, model in RUN_SETTINGS.items()
+    }
     return content_hash({"jobs": sorted(job_hashes), **settings})

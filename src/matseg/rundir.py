@@ -8,10 +8,10 @@ Layout (see DESIGN.md)::
       jobs/<job-hash>/  model.safetensors  metrics.json  curves.csv  predictions/  log.txt
       cache/<dataset>/  qc/<job-hash>/  explain/<job-hash>/<image>/
 
-The short hash names the run by what decides its results: its jobs' hashes and the settings of
-the stages after training (``qc``, ``explain``, ``evaluation``, each without its defaults), so a
-profile's description, its dataset paths, or a field that a later matseg adds at its default
-never start a new folder; a folder an earlier matseg named otherwise is found by its content.
+The short hash names the run by its jobs' hashes and the settings of the stages whose outputs
+the folder keeps (``qc``, ``explain``, each without its defaults), so a profile's description,
+its dataset paths, its decision settings or a field that a later matseg adds at its default never
+start a new folder; a folder an earlier matseg named otherwise is found by its content.
 
 Every stage reads and writes a run through :class:`RunDir`; no other module joins path strings
 for run files. Writes are atomic (:mod:`matseg.atomic`). ``metrics.json`` is a job's last file,

@@ -153,6 +153,10 @@ def test_no_feature_gives_count_zero_and_undefined_sizes_with_a_note() -> None:
     f = q.features(volume, 1, border="exclude")
     assert f.count == 1 and f.connectivity == 26
     assert f.ecd[0] == pytest.approx((6 * 27 / math.pi) ** (1 / 3))  # equivalent sphere
+    assert f.feret_max[0] == pytest.approx(math.sqrt(27))  # corner to corner of the 3^3 cube
+    volume[:] = 0
+    volume[3, 2:6, 2:6] = 1  # a one-voxel-thin plate (scikit-image's marching cubes fails)
+    assert q.features(volume, 1).feret_max[0] == pytest.approx(math.sqrt(1 + 16 + 16))
 
 
 def test_a_target_names_a_quantity_and_a_class() -> None:

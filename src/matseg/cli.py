@@ -820,13 +820,23 @@ def predict_command(
     probabilities: Annotated[
         bool, typer.Option(help="Also write class probabilities (float16 TIFF).")
     ] = False,
+    pixel_size: Annotated[
+        float | None,
+        typer.Option("--pixel-size", help="µm per pixel (default: the training data's)."),
+    ] = None,
 ) -> None:
-    """Apply a run's model (default: best validation IoU) to new images and volumes, tiled."""
+    """Apply a run's model (default: best validation IoU) to new images and volumes, tiled;
+    predictions.csv holds each input's quantities beside its QC flag, quantities-summary.csv
+    their batch means over the unflagged inputs."""
     from matseg.deploy.predict import PredictOptions, predict_inputs
 
     if axis not in (0, 1, 2):
         raise typer.BadParameter("--axis must be 0, 1 or 2")
-    options = PredictOptions(overlap, batch_size, precision, axis, fuse_axes, probabilities)
+    if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
+        raise typer.BadParameter("--pixel-size must be a finite size > 0 in µm")
+    options = PredictOptions(
+        overlap, batch_size, precision, axis, fuse_axes, probabilities, pixel_size_um=pixel_size
+    )
     with _friendly_errors():
         summary = predict_inputs(
             run, inputs, out_dir, job, options, say=lambda m: out.print(m, highlight=False)
@@ -835,9 +845,15 @@ def predict_command(
     qc = f"; QC: {flagged} of {len(summary.quality)} images flagged" if summary.quality else ""
     out.print(
         f"{len(summary.predictions)} inputs predicted with job {summary.job} into {out_dir} "
-        f"(predictions.csv){qc}",
+        f"(predictions.csv, quantities-summary.csv){qc}",
         highlight=False,
     )
+    for row in summary.batch:
+        if row["quantity"].startswith("area_fraction") and row["mean"] is not None:
+            ci = (f" [{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+                  if row["ci_low"] is not None else "")  # fmt: skip
+            out.print(f"  {row['quantity']}: {row['mean']:.4g}{ci} over {row['images']} "
+                      "unflagged inputs", highlight=False)  # fmt: skip
 
 
 @app.command("quantify")

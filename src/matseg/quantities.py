@@ -165,21 +165,40 @@ def feret_diameters(coords: NDArray[np.int64]) -> tuple[float, float]:
     from scipy.spatial import ConvexHull
     from scipy.spatial.distance import pdist
 
-    rows, cols = coords[:, 0], coords[:, 1]
-    order = np.lexsort((cols, rows))
-    rows, cols = rows[order], cols[order]
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    r = rows[starts].astype(float)
-    lo = np.minimum.reduceat(cols, starts).astype(float)
-    hi = np.maximum.reduceat(cols, starts).astype(float) + 1.0
-    points = np.concatenate([np.stack([r, lo], 1), np.stack([r + 1, lo], 1),
-                             np.stack([r, hi], 1), np.stack([r + 1, hi], 1)])  # fmt: skip
+    points = _row_extremes(coords)
     hull = points[ConvexHull(points).vertices]
     edges = np.roll(hull, -1, axis=0) - hull
     normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     spans = hull @ normals.T  # (vertices, edges)
     return float(pdist(hull).max()), float((spans.max(axis=0) - spans.min(axis=0)).min())
+
+
+def _row_extremes(coords: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Corners of the outermost pixels (voxels) of each row along the last axis: their convex
+    hull is the feature's."""
+    order = np.lexsort(coords.T[::-1])
+    c = coords[order]
+    head = c[:, :-1]
+    starts = np.flatnonzero(np.r_[True, (head[1:] != head[:-1]).any(axis=1)])
+    lo = np.minimum.reduceat(c[:, -1], starts).astype(float)
+    hi = np.maximum.reduceat(c[:, -1], starts).astype(float) + 1.0
+    rows = head[starts].astype(float)
+    corners = []
+    for offset in np.ndindex(*(2,) * rows.shape[1]):
+        base = rows + np.asarray(offset, dtype=float)
+        corners += [np.column_stack([base, lo]), np.column_stack([base, hi])]
+    return np.concatenate(corners)
+
+
+def _feret_max_3d(coords: NDArray[np.int64]) -> float:
+    """Largest caliper diameter of a 3D feature on its voxel outline (voxel corners never lie
+    in one plane, so the hull always exists; scikit-image's marching cubes fails on thin ones)."""
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
+
+    points = _row_extremes(coords)
+    return float(pdist(points[ConvexHull(points).vertices]).max())
 
 
 def features(
@@ -214,8 +233,8 @@ def features(
         ecd.append(region.equivalent_diameter_area)
         if arr.ndim == 2:
             longest, shortest = feret_diameters(region.coords)
-        else:  # 3D: scikit-image's maximum; the minimum is not measured
-            longest, shortest = region.feret_diameter_max, math.nan
+        else:  # 3D: the maximum on the voxel outline; the minimum is not measured
+            longest, shortest = _feret_max_3d(region.coords), math.nan
         fmax.append(longest)
         fmin.append(shortest)
     return Features(

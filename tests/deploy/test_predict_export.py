@@ -63,6 +63,17 @@ def test_large_image_stack_and_volume_with_qc_flags(qc_run: Path, tmp_path: Path
     assert [r["kind"] for r in rows] == ["image", "volume"]
     assert rows[0]["typicality"] != "" and rows[1]["flagged_slices"] != ""
     assert summary.quality and {"score", "flagged"} <= set(summary.quality[0])
+    # each input's microstructure quantities sit in its row, beside its QC flag
+    column = "area_fraction:particle (1)"
+    assert float(rows[0][column]) == pytest.approx((mask == 1).mean(), abs=1e-6)
+    assert rows[0]["feature_size:particle (px)"] != ""  # the spec has no pixel size
+    assert float(rows[1][column]) == pytest.approx(
+        (tifffile.imread(volume_pred.mask) == 1).mean(), abs=1e-6
+    )
+    batch = {r["quantity"]: r for r in csv.DictReader((out / "quantities-summary.csv").open())}
+    fraction = batch["area_fraction:particle"]
+    flagged = sum(r["flagged"] == "True" for r in rows)
+    assert int(fraction["images"]) == 2 - flagged and int(fraction["flagged_left_out"]) == flagged
     # a slice of a volume is read and normalised like the same picture as a 2D file
     Image.fromarray(volume[0]).save(tmp_path / "slice0.png")
     (flat,) = predict_inputs(
@@ -85,6 +96,7 @@ def test_cli_predict_and_bad_input(qc_run: Path, tmp_path: Path) -> None:
     assert (
         "1 inputs predicted" in res.output and (tmp_path / "o" / f"{image.stem}_mask.png").is_file()
     )
+    assert "area_fraction:particle" in res.output and "unflagged inputs" in res.output
     res = runner.invoke(app, ["predict", str(tmp_path / "missing.png"), "--run", str(qc_run),
                               "--out", str(tmp_path / "o")])  # fmt: skip
     assert res.exit_code == 2 and "nothing there" in res.output

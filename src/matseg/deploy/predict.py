@@ -26,6 +26,7 @@ from matseg.datasets.readers import input_files, match_channels, normalisation, 
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
+from matseg.quantities import GRAIN_QUANTITIES, Scale, default_quantities, measure_many
 from matseg.rundir import QC_FILE, RunDir, mask_png
 from matseg.trained import TrainedJob, load_trained
 from matseg.training import predict_probabilities, uses_channels_last
@@ -45,6 +46,8 @@ class Prediction:
     seconds: float
     tiles: int
     class_fractions: dict[str, float]
+    # 'quantity:class' -> (value, unit): the microstructure quantities of the predicted mask
+    quantities: dict[str, tuple[float | None, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class PredictOptions:
     fuse_axes: bool = False
     probabilities: bool = False
     quality: bool = True
+    pixel_size_um: float | None = None  # for the quantities (default: the training spec's)
 
 
 @dataclass
@@ -78,6 +82,7 @@ class PredictSummary:
     out: Path
     predictions: list[Prediction] = field(default_factory=list)
     quality: list[dict[str, Any]] = field(default_factory=list)
+    batch: list[dict[str, Any]] = field(default_factory=list)  # quantities over the batch
 
 
 def is_volume(path: Path) -> bool:
@@ -96,6 +101,27 @@ def _fractions(mask: np.ndarray, classes: list[str]) -> dict[str, float]:
     counts = np.bincount(np.asarray(mask).ravel(), minlength=len(classes))[: len(classes)]
     total = max(int(counts.sum()), 1)
     return {c: round(float(n) / total, 6) for c, n in zip(classes, counts, strict=True)}
+
+
+# Volumes above this many voxels get their area fractions only: labelling features in 3D holds
+# an int64 label volume in memory (8 bytes per voxel).
+FEATURE_VOXEL_LIMIT = 256**3
+
+
+def _quantities(
+    mask: np.ndarray, classes: list[str], scale: Scale
+) -> dict[str, tuple[float | None, str]]:
+    """The default quantities of a predicted mask (:mod:`matseg.quantities`)."""
+    wanted = [
+        (name, c) for name, c in default_quantities(classes)
+        if mask.ndim == 2 or (name not in GRAIN_QUANTITIES
+                              and (name == "area_fraction" or mask.size <= FEATURE_VOXEL_LIMIT))
+    ]  # fmt: skip
+    out = {}
+    for m in measure_many(np.asarray(mask), wanted, scale):
+        value = m.value if np.isfinite(m.value) else None
+        out[f"{m.quantity}:{classes[m.class_id]}"] = (value, m.unit)
+    return out
 
 
 def predict_volume_array(
@@ -170,6 +196,7 @@ def predict_volume(
     fuse_axes: bool,
     probabilities: bool,
     say: Say,
+    scale: Scale | None = None,
 ) -> Prediction:
     """A TIFF stack slice by slice along ``axis`` (or the three axes, probabilities averaged)."""
     spec: DatasetSpec = trained.data.inspection.spec
@@ -215,10 +242,11 @@ def predict_volume(
         prob.flush()
     mask.flush()
     fractions = _fractions(np.asarray(mask), classes)
+    measured = _quantities(mask, classes, scale or Scale())
     del mask, prob
     return Prediction(str(path), "volume", tuple(volume.shape), str(mask_path),
                       str(prob_path) if probabilities else None, time.perf_counter() - start,
-                      tiles, fractions)  # fmt: skip
+                      tiles, fractions, measured)  # fmt: skip
 
 
 def _memmappable(path: Path) -> bool:
@@ -248,6 +276,7 @@ def predict_image(
     out: Path,
     tiling: Tiling,
     probabilities: bool,
+    scale: Scale | None = None,
 ) -> Prediction:
     """One 2D image: read like the dataset reads its own, sliding windows, mask PNG."""
     from matseg.explain.roi import read_image
@@ -285,7 +314,8 @@ def predict_image(
     tiles = tiles_per_image(h, w, tiling.patch, tiling.overlap)
     return Prediction(str(path), "image", (h, w), str(mask_path),
                       str(prob_path) if prob_path else None, time.perf_counter() - start,
-                      tiles, _fractions(mask, classes))  # fmt: skip
+                      tiles, _fractions(mask, classes),
+                      _quantities(mask, classes, scale or Scale()))  # fmt: skip
 
 
 def _quality(trained: TrainedJob, files: list[Path], slices: int = 16) -> list[dict[str, Any]]:
@@ -330,28 +360,73 @@ def predict_inputs(
     files = input_files(inputs, "an image, a TIFF stack or a folder of them")
     summary = PredictSummary(trained.name, out)
     out.mkdir(parents=True, exist_ok=True)
+    scale = Scale(o.pixel_size_um or trained.data.inspection.spec.pixel_size_um)
     for path in files:
         if is_volume(path):
             pred = predict_volume(
-                trained, path, out, tiling, o.axis, o.fuse_axes, o.probabilities, say
+                trained, path, out, tiling, o.axis, o.fuse_axes, o.probabilities, say, scale
             )
         else:
-            pred = predict_image(trained, path, out, tiling, o.probabilities)
+            pred = predict_image(trained, path, out, tiling, o.probabilities, scale)
         say(f"{path.name}: {pred.kind} {pred.shape}, {pred.tiles} tiles, {pred.seconds:.1f} s")
         summary.predictions.append(pred)
     if o.quality:
         summary.quality = _quality(trained, files)
     write_bytes(out / "predictions.csv", _csv(summary, trained.data.classes))
+    summary.batch = batch_quantities(summary)
+    write_bytes(out / "quantities-summary.csv", csv_bytes(summary.batch))
     return summary
 
 
-def _csv(summary: PredictSummary, classes: list[str]) -> bytes:
+def _flags(summary: PredictSummary) -> dict[str, list[dict[str, Any]]]:
+    """Input stem -> its QC rows (an image's, or a volume's slices)."""
     flags: dict[str, list[dict[str, Any]]] = {}
     for row in summary.quality:
         flags.setdefault(str(row["image"]).split("#")[0].split("/")[-1], []).append(row)
+    return flags
+
+
+def batch_quantities(summary: PredictSummary, n_boot: int = 2000) -> list[dict[str, Any]]:
+    """Each quantity over the batch: the mean with a bootstrap 95% CI over the images quality
+    control did not flag (a flagged image's porosity is never averaged in silently), and how
+    many were left out."""
+    flags = _flags(summary)
+    flagged = {
+        p.source for p in summary.predictions
+        if any(r["flagged"] for r in flags.get(Path(p.source).stem, []))
+    }  # fmt: skip
+    names = list(dict.fromkeys(n for p in summary.predictions for n in p.quantities))
+    rng = np.random.default_rng(0)
+    out = []
+    for name in names:
+        kept = [p.quantities[name][0] for p in summary.predictions
+                if p.source not in flagged and name in p.quantities]  # fmt: skip
+        values = np.array([v for v in kept if v is not None], dtype=float)
+        unit = next(p.quantities[name][1] for p in summary.predictions if name in p.quantities)
+        lo = hi = mean = None
+        if values.size:
+            mean = float(values.mean())
+        if values.size > 1:
+            boot = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+            lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+        out.append({
+            "quantity": name, "unit": unit, "images": int(values.size), "mean": mean,
+            "ci_low": lo, "ci_high": hi, "flagged_left_out": len(flagged),
+            "quality_control": "fitted" if summary.quality else "not fitted: nothing left out",
+        })  # fmt: skip
+    return out
+
+
+def _csv(summary: PredictSummary, classes: list[str]) -> bytes:
+    flags = _flags(summary)
     fractions = [f"fraction_{c}" for c in classes]
+    quantities = {  # column "quantity:class (unit)"
+        name: f"{name} ({unit})"
+        for p in summary.predictions for name, (_, unit) in p.quantities.items()
+    }  # fmt: skip
     fields = ["source", "kind", "shape", "mask", "probabilities", "seconds", "tiles",
-              *fractions, "typicality", "flagged", "flagged_slices"]  # fmt: skip
+              *fractions, "typicality", "flagged", "flagged_slices",
+              *quantities.values()]  # fmt: skip
     lines = []
     for p in summary.predictions:
         rows = flags.get(Path(p.source).stem, [])
@@ -362,5 +437,6 @@ def _csv(summary: PredictSummary, classes: list[str]) -> bytes:
             "typicality": round(float(np.median([r["score"] for r in rows])), 6) if rows else "",
             "flagged": any(r["flagged"] for r in rows) if rows else "",
             "flagged_slices": sum(bool(r["flagged"]) for r in rows) if rows else "",
+            **{quantities[n]: ("" if v is None else v) for n, (v, _) in p.quantities.items()},
         })  # fmt: skip
     return csv_bytes(lines, fields)

@@ -37,6 +37,7 @@ from matseg.plan import Job
 from matseg.results import (
     EnsembleResult,
     JobResult,
+    QuantityValues,
     SelectionGap,
     SplitResult,
     best_rows,
@@ -132,6 +133,10 @@ class SplitEvaluation(_Model):
     ci: dict[str, list[Number]] = Field(description="metric -> [low, high], bootstrap 95%")
     baselines: dict[str, dict[str, Number]] = Field(description="baseline -> its scores")
     images: list[ImageScore]
+    quantities: dict[str, QuantityValues] = Field(
+        default_factory=dict,
+        description="'quantity:class' -> truth and prediction per image (absent before 0.3.1)",
+    )
 
 
 class CurvePoint(_Model):
@@ -449,6 +454,7 @@ def _split_evaluation(
         ci=s.ci,
         baselines=baselines,
         images=images,
+        quantities=ev.quantities,
     )
 
 

@@ -149,7 +149,12 @@ def test_report_rebuilds_from_the_record_alone(reported_run: Path, tmp_path: Pat
     files = build_report(RunDir(tmp_path).record_file)
     html = files.html.read_text()
     assert files.html.parent == tmp_path and "Table 3" in html
-    assert html.count("<img") == 3  # charts from record data; the run's PNG files are not here
+    # charts from record data (IoU, differences, quantities, curves); the run's PNGs are not here
+    assert html.count("<img") == 4
+    assert "Microstructure quantities of the recommended model" in html
+    quantities = (tmp_path / "tables" / "quantities.csv").read_text().splitlines()
+    assert quantities[0].startswith("dataset,combination,quantity") and len(quantities) > 2
+    assert any(",area_fraction:" in line for line in quantities[1:])
 
 
 def test_compare_lines_up_jobs_and_shows_changes(reported_run: Path) -> None:

@@ -23,6 +23,7 @@ from matseg.report.tables import (
     explanation_table,
     grid_table,
     quality_table,
+    quantity_table,
     ranking_table,
     recommendation_table,
     to_csv,
@@ -135,7 +136,7 @@ def _figure_uri(run: Path, relative: str | None) -> str | None:
     return data_uri(path.read_bytes()) if path.is_file() else None
 
 
-def _charts(record: EvaluationRecord, run: Path) -> list[tuple[str, str]]:
+def _charts(record: EvaluationRecord, run: Path, rec: Recommendation) -> list[tuple[str, str]]:
     charts = []
     for title, png in (
         (
@@ -145,6 +146,11 @@ def _charts(record: EvaluationRecord, run: Path) -> list[tuple[str, str]]:
         (
             "Per-image IoU differences, best against each other combination",
             figures.evidence_differences(record),
+        ),
+        (
+            "Microstructure quantities of the recommended model on the test images, against "
+            "the ground truth",
+            figures.quantities_truth_vs_prediction(rec),
         ),
         ("IoU across contexts", figures.spread_across_contexts(record)),
         ("Training curves", figures.training_curves(record)),
@@ -183,6 +189,7 @@ def render_html(record: EvaluationRecord, run: Path, rec: Recommendation) -> str
         "grid": grid_table(record),
         "quality": quality_table(record),
         "explanations": explanation_table(record),
+        "quantities": quantity_table(rec),
     }
     return env.get_template("report.html.j2").render(
         record=record,
@@ -192,7 +199,7 @@ def render_html(record: EvaluationRecord, run: Path, rec: Recommendation) -> str
         halving=halving_words(record),
         plain_words=plain_words(record),
         tables=tables,
-        charts=_charts(record, run),
+        charts=_charts(record, run, rec),
         qc_figures=qc_figures,
         explain_figures=explain_figures,
     )
@@ -228,6 +235,8 @@ def render_markdown(record: EvaluationRecord, rec: Recommendation) -> str:
         parts += [f"Deployment feedback, {f.dataset}: {state}.", *[f"- {a}" for a in f.advice], ""]
     parts += ["## Recommended per dataset (Table 2)\n", to_markdown(best_table(rec))]
     parts += ["## Every combination (Table 3)\n", to_markdown(grid_table(record))]
+    parts += ["## Microstructure quantities (recommended model, test images)\n",
+              to_markdown(quantity_table(rec))]  # fmt: skip
     parts += ["## Quality control\n", to_markdown(quality_table(record))]
     parts += ["## Explanations\n", to_markdown(explanation_table(record))]
     return "\n".join(parts)
@@ -252,6 +261,7 @@ def build_report(run: RunDir | Path, out: Path | None = None) -> ReportFiles:
             ("quality_control", quality_table(record)),
             ("explanations", explanation_table(record)),
             ("recommendation", recommendation_table(rec)),
+            ("quantities", quantity_table(rec)),
         )
     ]
     return ReportFiles(html, md, csvs, rec)

@@ -8,6 +8,7 @@ import numpy as np
 
 from matseg.plots import class_colours, png, subplots
 from matseg.record import EvaluationRecord
+from matseg.report.recommend import Recommendation
 from matseg.results import EVIDENCE_WORDS
 
 
@@ -70,8 +71,8 @@ def evidence_differences(record: EvaluationRecord) -> bytes | None:
                 ax.errorbar(i + 0.3, diff.mean(), yerr=[[diff.mean() - lo], [hi - diff.mean()]],
                             fmt="o", color="black", capsize=3)  # fmt: skip
         ax.axhline(0, color="black", lw=0.8)
-        for m in (-d.tie_margin, d.tie_margin):
-            ax.axhline(m, color="grey", ls=":", lw=0.8)
+        for m in (-d.tie_margin, d.tie_margin) if d.ranked_by == "iou" else ():
+            ax.axhline(m, color="grey", ls=":", lw=0.8)  # the margin is in IoU
         ax.set_xticks(np.arange(len(others)),
                       [f"vs {e.encoder}\n{e.decoder}" for e in others], fontsize=7)  # fmt: skip
         ax.set_ylabel(f"IoU difference per image ({d.ranking[0].decoder} best)", fontsize=8)
@@ -125,4 +126,36 @@ def spread_across_contexts(record: EvaluationRecord, split: str = "test") -> byt
     ax.set_ylabel(f"best {split} macro IoU", fontsize=8)
     ax.legend(fontsize=7, title="decoder", title_fontsize=7)
     ax.set_title("IoU across contexts, by decoder", fontsize=9)
+    return png(fig)
+
+
+def quantities_truth_vs_prediction(rec: Recommendation) -> bytes | None:
+    """Per dataset, the recommended combination's quantity on each test image against the
+    ground truth's (the target, else each class's area fraction): on the line is right."""
+    from matseg.report.tables import shown_quantities
+
+    panels = []
+    for d in rec.datasets:
+        names = shown_quantities(d)
+        if d.decision.target is None:
+            names = [n for n in names if n.startswith("area_fraction:")]
+        assert d.recommended is not None or not names
+        for name in names:
+            v = d.recommended.test_quantities[name]  # type: ignore[union-attr]
+            pairs = [(t, p) for t, p in zip(v.truth, v.predicted, strict=True)
+                     if t is not None and p is not None]  # fmt: skip
+            if pairs:
+                panels.append((d.dataset, d.use, name, v.unit, np.array(pairs)))
+    if not panels:
+        return None
+    fig, axes = subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), squeeze=False)
+    for ax, (dataset, combination, name, unit, xy) in zip(axes[0], panels, strict=True):
+        ax.scatter(xy[:, 0], xy[:, 1], s=12, alpha=0.7, color="tab:blue")
+        lo, hi = float(xy.min()), float(xy.max())
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", lw=0.8)
+        suffix = "" if unit == "1" else f" ({unit})"
+        ax.set_xlabel(f"ground truth{suffix}", fontsize=8)
+        ax.set_ylabel(f"prediction{suffix}", fontsize=8)
+        ax.set_title(f"{dataset}: {name}\n{combination}", fontsize=8)
     return png(fig)

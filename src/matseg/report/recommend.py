@@ -20,7 +20,7 @@ from scipy import stats
 
 from matseg.decision import DatasetDecision, Evidence
 from matseg.record import EnsembleRecord, EvaluationRecord, SplitEvaluation
-from matseg.results import EVIDENCE_WORDS, OOF, SelectionGap
+from matseg.results import EVIDENCE_WORDS, OOF, QuantityValues, SelectionGap
 
 
 @dataclass
@@ -31,6 +31,8 @@ class Candidate:
     evidence: Evidence
     test_iou: float | None = None
     test_ci: tuple[float | None, float | None] = (None, None)
+    # the microstructure quantities of truth and prediction on the test images
+    test_quantities: dict[str, QuantityValues] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -152,7 +154,11 @@ def _test_of(
 
 def _protocol(d: DatasetDecision, n_test: int | None) -> str:
     n = len(d.images)
-    margin = f"equivalence within +-{d.tie_margin} IoU"
+    margin = (
+        f"equivalence within +-{d.tie_margin} IoU" if d.ranked_by == "iou"
+        else f"ranked by the {d.ranked_by} absolute error, equivalence within "
+        f"+-{d.tie_margin:.3g}" + ("" if d.target_unit in (None, "1") else f" {d.target_unit}")
+    )  # fmt: skip
     tests = f"paired Wilcoxon tests with Holm's correction over the grid, {margin}"
     if d.evidence == OOF:
         repeats = f", repeated {d.repeats} times," if d.repeats and d.repeats > 1 else ""
@@ -243,7 +249,8 @@ def recommend_dataset(record: EvaluationRecord, d: DatasetDecision) -> DatasetRe
     for e in d.ranking:
         ev, ens = _test_of(record, d, e)
         ci = tuple((ev.ci.get("macro_iou") or [None, None])[:2]) if ev else (None, None)
-        ranking.append(Candidate(e, ev.macro_iou if ev else None, ci))  # type: ignore[arg-type]
+        ranking.append(Candidate(e, ev.macro_iou if ev else None, ci,  # type: ignore[arg-type]
+                                 ev.quantities if ev else {}))  # fmt: skip
         if e.name == d.recommended:
             chosen_ensemble = ens
     pick = next((c for c in ranking if c.name == d.recommended), None)

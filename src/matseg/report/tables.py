@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from matseg.atomic import table_csv_bytes
+from matseg.quantities import QuantityError, summarise_errors
 from matseg.record import EvaluationRecord, SplitEvaluation
 from matseg.report.recommend import DatasetRecommendation, Recommendation
 from matseg.results import EVIDENCE_WORDS
@@ -192,3 +193,47 @@ def to_markdown(table: Table) -> str:
              "|" + "|".join("---" for _ in header) + "|"]  # fmt: skip
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def shown_quantities(d: DatasetRecommendation) -> list[str]:
+    """The quantities the report shows for a dataset: the task's target, else every default
+    quantity the recommended combination's test evaluation holds."""
+    pick = d.recommended
+    if pick is None:
+        return []
+    if d.decision.target is not None and d.decision.target in pick.test_quantities:
+        return [d.decision.target]
+    return list(pick.test_quantities)
+
+
+def quantity_table(rec: Recommendation) -> Table:
+    """Per dataset, the recommended combination's microstructure quantities on the test images
+    (scored once, after the choice): truth and prediction, bias and mean absolute error with
+    bootstrap 95% CIs, and the mean Kolmogorov-Smirnov distance of size distributions."""
+    header = ["dataset", "combination", "quantity", "unit", "images", "true mean",
+              "predicted mean", "bias", "95% CI (bias)", "mean abs. error", "95% CI (error)",
+              "KS (size distributions)"]  # fmt: skip
+    rows = []
+    for d in rec.datasets:
+        pick = d.recommended
+        for name in shown_quantities(d):
+            assert pick is not None
+            v = pick.test_quantities[name]
+            errors = [
+                QuantityError(t, p)
+                for t, p in zip(v.truth, v.predicted, strict=True)
+                if t is not None and p is not None
+            ]
+            s = summarise_errors(errors)
+            if not s.n_images:
+                continue
+            ks = [k for k in v.ks if k is not None]
+            rows.append([
+                d.dataset, pick.name, name, v.unit, s.n_images,
+                _significant(float(sum(e.truth for e in errors) / len(errors))),
+                _significant(float(sum(e.predicted for e in errors) / len(errors))),
+                _significant(s.bias), _interval(s.bias_ci, ".4g"),
+                _significant(s.mean_absolute_error), _interval(s.mean_absolute_error_ci, ".4g"),
+                fmt(sum(ks) / len(ks)) if ks else "–",
+            ])  # fmt: skip
+    return header, rows

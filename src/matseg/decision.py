@@ -103,6 +103,7 @@ class DatasetDecision(_Model):
     images: list[str]
     ranking: list[Evidence]  # best first (by mean per-image IoU)
     baselines: dict[str, float]  # constant -> mean per-image macro IoU on the same images
+    # (IoU even when a target ranked: its constant's error is target_baseline_error)
     per_image: dict[str, list[float]]  # combination -> per-image macro IoU, aligned with images
     kendall_tau_folds: float | None
     verdict: str  # better | tie | inconclusive | only one combination | only one beats a
@@ -316,7 +317,7 @@ def decide_dataset(
     scores = {name: s[finite] for name, s in scores.items()}
     first = next(iter(pooled.values()))
     constants = {name: _macro([first.constants[name][k] for k in keys]) for name in first.constants}
-    iou_scores = scores
+    iou_scores, iou_constants = scores, constants
     found = _target_errors(pooled, names, keys) if target is not None else None
     if target is not None and found is None:
         notes.append(f"no {target} values in these jobs' results (written before matseg "
@@ -336,6 +337,7 @@ def decide_dataset(
             errors = {n: e[defined] for n, e in errors.items()}
             constant_error, truth = constant_error[defined], truth[defined]
             iou_scores = {n: s[defined] for n, s in scores.items()}
+            iou_constants = {n: c[defined] for n, c in constants.items()}
             if not keys:
                 return None
             # ranked by the target: higher is better, so the scores are minus the absolute error
@@ -430,7 +432,7 @@ def decide_dataset(
         repeats=usable[0].job.fold.repeats if split == OOF and usable[0].job.fold else None,
         seeds=sorted({r.job.seed for r in usable}),
         tie_margin=tie_margin, alpha=alpha, images=keys, ranking=ranking,
-        baselines={name: float(np.mean(v)) for name, v in constants.items()},
+        baselines={name: float(np.mean(v)) for name, v in iou_constants.items()},
         per_image={name: [float(v) for v in s] for name, s in iou_scores.items()},
         kendall_tau_folds=tau, verdict="", recommended=None, tied=[], reasons=[], notes=notes,
         ranked_by=target if by_target and target else "iou", target=target if found else None,

@@ -24,7 +24,7 @@ from matseg.record import (
 )
 from matseg.report.recommend import recommend
 from matseg.report.tables import best_table, grid_table, ranking_table
-from matseg.results import JobResult, converged, late_gain
+from matseg.results import JobResult, QuantityValues, converged, late_gain
 
 
 def _job(dataset: str, encoder: str, decoder: str, ious: list[float], params: int) -> JobResult:
@@ -205,3 +205,16 @@ def test_the_ranking_table_carries_the_targets_error_beside_iou() -> None:
     header, rows = ranking_table(d)
     assert header[1:4] == ["area_fraction:fg error", "95% CI (error)", "area_fraction:fg bias"]
     assert rows[0][0] == "r18 + fpn" and rows[0][1] == "0.01" and rows[1][3] == "0.05"
+    header, rows = best_table(rec)  # Table 2: the target's error beside IoU, and what ranked
+    at = header.index("target error")
+    assert rows[0][at] == "0.01" and rows[0][header.index("ranked by")] == "area_fraction:fg"
+    assert rows[0][header.index("constant IoU")] != "–"  # the IoU constant, not the target's
+    assert float(rows[0][header.index("constant IoU")]) > 0
+    record = _record(results, [_context("sem", "SEM", "Hard")])
+    record.run.profile = {"task": {"target": "area_fraction"}}  # the class left to the data
+    record.jobs[0].evaluations["test"].quantities = {
+        "area_fraction:fg": QuantityValues(unit="1", truth=[0.2, 0.4], predicted=[0.3, 0.3])
+    }
+    header, rows = grid_table(record)  # Table 3: each evaluation's target error
+    at = header.index("area_fraction error")
+    assert rows[0][at] == "0.1" and rows[1][at] == "–"

@@ -61,19 +61,36 @@ def grid_table(record: EvaluationRecord) -> Table:
         "foreground IoU", "95% CI (fg)", *(OPTIONAL_SCORES[m][0] for m in extra),
         "majority IoU", "all-fg IoU", "epochs", "train s", "params (M)", "ms / 256 px",
     ]  # fmt: skip
+    target = (record.run.profile.get("task") or {}).get("target")
+    if target:
+        header.insert(10, f"{target} error")
     rows = []
     for j in record.jobs:
         for split, ev in j.evaluations.items():
+            target_cell = [_target_error(ev, target)] if target else []
             majority = ev.baselines.get("majority class", {}).get("macro_iou")
             all_fg = ev.baselines.get("all foreground", {}).get("foreground_iou")
             rows.append([
                 j.dataset, split, j.encoder, j.decoder, j.weights, j.seed, fmt(ev.macro_iou),
                 _ci(ev, "macro_iou"), fmt(ev.foreground_iou), _ci(ev, "foreground_iou"),
-                *(fmt(getattr(ev, OPTIONAL_SCORES[m][1])) for m in extra), fmt(majority),
+                *target_cell, *(fmt(getattr(ev, OPTIONAL_SCORES[m][1])) for m in extra),
+                fmt(majority),
                 fmt(all_fg), epochs_cell(j.epochs, j.converged), fmt(j.train_seconds, 0),
                 fmt(j.parameters / 1e6, 2), fmt(j.latency_ms_256, 0),
             ])  # fmt: skip
     return header, rows
+
+
+def _target_error(ev: SplitEvaluation, target: str) -> str:
+    """Mean absolute error of the target quantity over an evaluation's images ('grain_size'
+    names 'grain_size:<its boundary class>')."""
+    key = next((k for k in ev.quantities if k == target or k.startswith(f"{target}:")), None)
+    if key is None:
+        return "–"
+    v = ev.quantities[key]
+    errors = [abs(p - t) for t, p in zip(v.truth, v.predicted, strict=True)
+              if t is not None and p is not None]  # fmt: skip
+    return _significant(sum(errors) / len(errors)) if errors else "–"
 
 
 def _interval(low_high: Sequence[float | None], form: str = ".3f") -> str:
@@ -92,12 +109,20 @@ def best_table(rec: Recommendation) -> Table:
     header = ["dataset", "modality", "recommended", "verdict", "chosen on", "IoU", "95% CI",
               "test macro IoU", "95% CI (test)", "selection gap", "constant IoU",
               "converged"]  # fmt: skip
+    targeted = any(d.decision.target for d in rec.datasets)
+    if targeted:  # the task's target beside IoU: its error on the evidence images
+        header[7:7] = ["target", "target error", "95% CI (target error)", "ranked by"]
     rows = []
     for d in rec.datasets:
         c = d.recommended
         e = c.evidence if c else None
+        target = [] if not targeted else [
+            d.decision.target or "–", _significant(e.target_error) if e else "–",
+            _interval(e.target_error_ci, ".4g") if e else "–", d.decision.ranked_by,
+        ]  # fmt: skip
         rows.append([d.dataset, d.modality, d.use, d.verdict, EVIDENCE_WORDS[d.decision.evidence],
                      fmt(e.macro_iou) if e else "–", _interval(e.macro_iou_ci) if e else "–",
+                     *target,
                      fmt(c.test_iou) if c else "–", _interval(c.test_ci) if c else "–",
                      fmt(d.selection_gap), fmt(max(d.decision.baselines.values())),
                      ("yes" if c.converged else NOT_CONVERGED) if c else "–"])  # fmt: skip

@@ -241,3 +241,31 @@ def test_quantify_a_dataset_and_a_mask_folder_from_the_command_line(tmp_path: Pa
     empty.mkdir()
     got = runner.invoke(app, ["quantify", str(empty)])
     assert got.exit_code != 0 and "mask files" in got.output and "Traceback" not in got.output
+
+
+def test_an_evaluation_keeps_per_image_quantities_and_pooled_size_distributions() -> None:
+    from matseg.job import QuantityRecorder
+
+    truth = _discs((200, 200), [(100, 85), (100, 115), (40, 40)], 10)
+    merged = truth.copy()
+    merged[96:104, 85:115] = 1  # two particles bridged into one
+    merged[0:5, 0:5] = 255  # ignored in the truth: ignored in the prediction too
+    truth[0:5, 0:5] = 255
+    recorder = QuantityRecorder(["background", "particle"], q.Scale(0.5), 255, True)
+    recorder.add(truth, merged)
+    recorder.add(truth, truth)
+    values = recorder.values()
+    fraction = values["area_fraction:particle"]
+    assert (
+        fraction.predicted[1]
+        == fraction.truth[1]
+        == pytest.approx((truth == 1).sum() / (truth != 255).sum())
+    )
+    sizes = values["feature_size:particle"]
+    assert sizes.unit == "µm" and sizes.ks[1] == 0 and sizes.ks[0] > 0
+    assert len(sizes.truth_distribution) == 6 and len(sizes.predicted_distribution) == 5
+    assert (
+        not QuantityRecorder(["background", "particle"], q.Scale(), 255)
+        .values()["feature_size:particle"]
+        .truth_distribution
+    )  # out-of-fold and validation splits keep no distributions

@@ -259,7 +259,9 @@ def evaluate_split(
     counts = np.zeros((len(results), k), dtype=np.int64)
     images = []
     samples = []
-    measured = QuantityRecorder(classes, Scale(spec.pixel_size_um), spec.ignore_index)
+    measured = QuantityRecorder(
+        classes, Scale(spec.pixel_size_um), spec.ignore_index, split not in (OOF, "val")
+    )
     for n, (sample, pred) in enumerate(results):
         assert sample.mask is not None
         confusions[n] = metrics.confusion_matrix(pred, sample.mask, k, spec.ignore_index)
@@ -287,11 +289,17 @@ def evaluate_split(
 class QuantityRecorder:
     """The default quantities (:func:`matseg.quantities.default_quantities`) of each image's
     ground truth and prediction, gathered while the split is predicted; pixels ignored in the
-    ground truth are ignored in the prediction too."""
+    ground truth are ignored in the prediction too. ``distributions``: also keep the pooled
+    feature sizes of truth and prediction (for the report's overlaid size distributions)."""
 
-    def __init__(self, classes: list[str], scale: Scale, ignore_index: int) -> None:
+    KEPT = "feature_size"  # the distribution kept, per feature class
+
+    def __init__(
+        self, classes: list[str], scale: Scale, ignore_index: int, distributions: bool = False
+    ) -> None:
         self.scale = scale
         self.ignore = ignore_index
+        self.distributions = distributions
         self.targets = [Target(qn, c, classes[c]) for qn, c in default_quantities(classes)]
         self.rows: dict[str, list[QuantityError]] = {t.name: [] for t in self.targets}
         self.units: dict[str, str] = {}
@@ -316,9 +324,22 @@ class QuantityRecorder:
                 predicted=[_finite(e.predicted) for e in rows],
                 ks=[_finite(e.ks) for e in rows],
                 wasserstein=[_finite(e.wasserstein) for e in rows],
+                truth_distribution=self._pooled(name, rows, "truth_measurement"),
+                predicted_distribution=self._pooled(name, rows, "predicted_measurement"),
             )
             for name, rows in self.rows.items()
         }
+
+    def _pooled(self, name: str, rows: list[QuantityError], side: str) -> list[list[float]]:
+        if not self.distributions or not name.startswith(self.KEPT + ":"):
+            return []
+        out = []
+        for e in rows:
+            m = getattr(e, side)
+            if m is not None:
+                out += [[float(v), float(w)] for v, w in zip(m.values, m.weights, strict=True)
+                        if np.isfinite(v)]  # fmt: skip
+        return out
 
 
 def _finite(x: float) -> float | None:

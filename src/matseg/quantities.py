@@ -550,6 +550,8 @@ class QuantityError:
     ks: float = math.nan  # Kolmogorov-Smirnov statistic between the distributions
     wasserstein: float = math.nan  # earth mover's distance, in the quantity's unit
     unit: str = ""
+    truth_measurement: Measurement | None = None  # with the distribution behind a feature
+    predicted_measurement: Measurement | None = None  # quantity
 
     @property
     def error(self) -> float:
@@ -613,7 +615,7 @@ def compare_many(
     out = []
     for target, t, p in zip(targets, on_truth, on_prediction, strict=True):
         distance = _weighted_ks(t, p) if target.quantity in DISTRIBUTIONS else (math.nan, math.nan)
-        out.append(QuantityError(t.value, p.value, *distance, t.unit))
+        out.append(QuantityError(t.value, p.value, *distance, t.unit, t, p))
     return out
 
 

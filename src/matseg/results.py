@@ -91,6 +91,10 @@ class QuantityValues(_Result):
     predicted: list[Number]
     ks: list[Number] = Field(default_factory=list)
     wasserstein: list[Number] = Field(default_factory=list)
+    # feature sizes of the split's test and shift images, pooled (value, border weight) pairs:
+    # the size distributions of truth and prediction (not kept for out-of-fold or validation)
+    truth_distribution: list[list[float]] = Field(default_factory=list)
+    predicted_distribution: list[list[float]] = Field(default_factory=list)
 
 
 class SplitResult(_Result):

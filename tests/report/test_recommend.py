@@ -215,6 +215,16 @@ def test_the_ranking_table_carries_the_targets_error_beside_iou() -> None:
     record.jobs[0].evaluations["test"].quantities = {
         "area_fraction:fg": QuantityValues(unit="1", truth=[0.2, 0.4], predicted=[0.3, 0.3])
     }
+    from matseg.report import figures
+
+    assert figures.size_distributions(rec) is None  # no distributions kept: no chart
+    rec.datasets[0].recommended.test_quantities = {
+        "feature_size:fg": QuantityValues(unit="µm", truth=[1.0], predicted=[1.5],
+                                          truth_distribution=[[1.0, 1.0], [2.0, 1.0]],
+                                          predicted_distribution=[[1.5, 1.0]])
+    }  # fmt: skip
+    assert figures.size_distributions(rec)[:4] == b"\x89PNG"
+    assert figures.quantities_truth_vs_prediction(rec)[:4] == b"\x89PNG"
     header, rows = grid_table(record)  # Table 3: each evaluation's target error
     at = header.index("area_fraction error")
     assert rows[0][at] == "0.1" and rows[1][at] == "–"

@@ -150,7 +150,8 @@ def test_report_rebuilds_from_the_record_alone(reported_run: Path, tmp_path: Pat
     html = files.html.read_text()
     assert files.html.parent == tmp_path and "Table 3" in html
     # charts from record data (IoU, differences, quantities, curves); the run's PNGs are not here
-    assert html.count("<img") == 4
+    charts = 4 + ("Feature-size distributions" in html)  # when the model predicts particles
+    assert html.count("<img") == charts
     assert "Microstructure quantities of the recommended model" in html
     quantities = (tmp_path / "tables" / "quantities.csv").read_text().splitlines()
     assert quantities[0].startswith("dataset,combination,quantity") and len(quantities) > 2

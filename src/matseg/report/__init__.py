@@ -152,6 +152,11 @@ def _charts(record: EvaluationRecord, run: Path, rec: Recommendation) -> list[tu
             "the ground truth",
             figures.quantities_truth_vs_prediction(rec),
         ),
+        (
+            "Feature-size distributions of the recommended model on the test images, over the "
+            "ground truth's",
+            figures.size_distributions(rec),
+        ),
         ("IoU across contexts", figures.spread_across_contexts(record)),
         ("Training curves", figures.training_curves(record)),
     ):

@@ -159,3 +159,39 @@ def quantities_truth_vs_prediction(rec: Recommendation) -> bytes | None:
         ax.set_ylabel(f"prediction{suffix}", fontsize=8)
         ax.set_title(f"{dataset}: {name}\n{combination}", fontsize=8)
     return png(fig)
+
+
+def _weighted_ecdf(pairs: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    values, weights = np.asarray(pairs, dtype=float).T
+    order = np.argsort(values)
+    return values[order], np.cumsum(weights[order]) / weights.sum()
+
+
+def size_distributions(rec: Recommendation) -> bytes | None:
+    """Per dataset and feature class, the recommended combination's feature-size distribution
+    on the test images over the ground truth's (border-weighted cumulative distributions):
+    merged or split particles show as a shift that IoU does not."""
+    panels = []
+    for d in rec.datasets:
+        if d.recommended is None:
+            continue
+        for name, v in d.recommended.test_quantities.items():
+            both = v.truth_distribution and v.predicted_distribution
+            if name.startswith("feature_size:") and both:
+                panels.append((d.dataset, d.use, name, v))
+    if not panels:
+        return None
+    fig, axes = subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (dataset, combination, name, v) in zip(axes[0], panels, strict=True):
+        for pairs, label, colour in (
+            (v.truth_distribution, "ground truth", "black"),
+            (v.predicted_distribution, "prediction", "tab:orange"),
+        ):
+            x, y = _weighted_ecdf(pairs)
+            ax.step(x, y, where="post", label=f"{label} ({len(pairs)})", color=colour, lw=1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"equivalent circular diameter ({v.unit})", fontsize=8)
+        ax.set_ylabel("cumulative share of features", fontsize=8)
+        ax.set_title(f"{dataset}: {name.split(':', 1)[1]}\n{combination}", fontsize=8)
+        ax.legend(fontsize=7)
+    return png(fig)

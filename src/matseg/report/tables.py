@@ -231,18 +231,20 @@ def shown_quantities(d: DatasetRecommendation) -> list[str]:
     return list(pick.test_quantities)
 
 
-def quantity_table(rec: Recommendation) -> Table:
+def quantity_table(rec: Recommendation, names: Sequence[str] | None = None) -> Table:
     """Per dataset, the recommended combination's microstructure quantities on the test images
     (scored once, after the choice): truth and prediction, bias and mean absolute error with
-    bootstrap 95% CIs, and the mean Kolmogorov-Smirnov distance of size distributions."""
+    bootstrap 95% CIs, and the mean Kolmogorov-Smirnov distance of size distributions.
+    ``names``: these quantities ('quantity:class') instead of :func:`shown_quantities`."""
     header = ["dataset", "combination", "quantity", "unit", "images", "true mean",
               "predicted mean", "bias", "95% CI (bias)", "mean abs. error", "95% CI (error)",
               "KS (size distributions)"]  # fmt: skip
     rows = []
     for d in rec.datasets:
         pick = d.recommended
-        for name in shown_quantities(d):
-            assert pick is not None
+        for name in shown_quantities(d) if names is None else names:
+            if pick is None or name not in pick.test_quantities:
+                continue
             v = pick.test_quantities[name]
             errors = [
                 QuantityError(t, p)

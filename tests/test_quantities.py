@@ -269,3 +269,27 @@ def test_an_evaluation_keeps_per_image_quantities_and_pooled_size_distributions(
         .values()["feature_size:particle"]
         .truth_distribution
     )  # out-of-fold and validation splits keep no distributions
+
+
+def test_quantify_stacks_the_slices_of_a_volume_and_measures_it_in_3d(tmp_path: Path) -> None:
+    import json
+
+    import tifffile
+
+    from matseg.datasets.synthetic import write_synthetic_dataset
+    from matseg.quantify import quantify
+
+    write_synthetic_dataset(tmp_path, kind="pores", n_images=1, size=32, n_volumes=2,
+                            volume_size=24)  # fmt: skip
+    spec = {"name": "vols", "images": "volumes", "masks": "volume_labels",
+            "encoding": {"type": "index"}, "classes": ["solid", "pore"],
+            "reader": {"kind": "volume"}}  # fmt: skip
+    (tmp_path / "vols.json").write_text(json.dumps(spec))
+    table = quantify(tmp_path / "vols.json", pixel_size_um=2.0)
+    assert {r.image for r in table.rows} == {"vol0", "vol1"}
+    labels = tifffile.imread(tmp_path / "volume_labels" / "vol0.tif")
+    fraction = next(r for r in table.rows if r.image == "vol0" and r.class_name == "pore"
+                    and r.quantity == "area_fraction")  # fmt: skip
+    assert fraction.value == pytest.approx((labels == 1).mean())  # over the whole stack
+    density = next(r for r in table.rows if r.quantity == "number_density")
+    assert density.unit == "µm⁻³" and "26-connected" in density.note

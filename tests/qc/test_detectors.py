@@ -163,8 +163,18 @@ def _few_rows(n: int, who: str = "Forte", extra: str = "") -> str:
     )
 
 
+_TIES = (
+    "it scores the training rows, whose calibration rows tie exactly with their own reference "
+    "scores; Forte's distances are matrix products whose last bit depends on the batch size "
+    "(BLAS), which moves such a tie by half a rank (new points: "
+    "test_ensemble_scores_do_not_depend_on_the_batch)"
+)
+
+
 def _forte_skips(who: str = "Forte", extra: str = "") -> dict[str, str]:
     return {
+        # seen since the 2026-12-03 environment (numpy / BLAS build): the same last-bit ties
+        "check_methods_subset_invariance": _TIES,
         "check_n_features_in_after_fitting": _few_rows(15, who, extra),
         "check_estimators_nan_inf": _few_rows(10, who, extra)
         + "; NaN and inf refusal: test_non_finite_input_is_refused",
@@ -184,12 +194,6 @@ CONFORMANCE: dict[str, Any] = {
     "KNNDistance": KNNDistance(),
 }
 
-_TIES = (
-    "it scores the training rows, whose calibration rows tie exactly with their own reference "
-    "scores; Forte's distances are matrix products whose last bit depends on the batch size "
-    "(BLAS), which moves such a tie by half a rank (new points: "
-    "test_ensemble_scores_do_not_depend_on_the_batch)"
-)
 
 SKIPPED: dict[str, dict[str, str]] = {
     "forte": _forte_skips(),
@@ -201,6 +205,7 @@ SKIPPED: dict[str, dict[str, str]] = {
         "check_methods_subset_invariance": _TIES,
     },
     "ensemble(k=2)": {"check_methods_subset_invariance": _TIES},
+    "forte(k=2)": {"check_methods_subset_invariance": _TIES},
 }
 """Checks of scikit-learn's suite that cannot apply, per detector, each with why."""
 

@@ -18,13 +18,11 @@ machine; the wall time does, and is printed. Run it with nothing else on the mac
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from real_runs import arguments, lite0_profile, run_profile
+
 SPECS = {
     "nasa_super": "nasa-super.json",
     "nrcan_shale_sem": "nrcan-shale-sem.json",
@@ -34,27 +32,8 @@ SPECS = {
 
 def profile(dataset: str, protocol: str, epochs: int, crops: int) -> dict:
     evaluation = {"protocol": "cv", "folds": 5} if protocol == "cv" else {"protocol": "holdout"}
-    return {
-        "name": f"cv-vs-holdout-{dataset}-{protocol}",
-        "datasets": [str(ROOT / "examples" / SPECS[dataset])],
-        "model": {
-            "encoders": ["tu-tf_efficientnet_lite0"],
-            "decoders": ["unet", "deeplabv3plus"],
-            "weights": "efficientnet-lite0",
-        },
-        "training": {
-            "batch_size": 8,
-            "learning_rate": 1e-3,
-            "max_epochs": epochs,
-            "patience": 10,
-            "patch_size": 256,
-            "crops_per_epoch": crops,
-            "loss": "ce+dice",
-            "precision": "bf16-mixed",
-            "seeds": [0],
-        },
-        "evaluation": evaluation,
-    }
+    return lite0_profile(f"cv-vs-holdout-{dataset}-{protocol}", SPECS[dataset], epochs, crops,
+                         evaluation=evaluation)  # fmt: skip
 
 
 def summarise(run_path: Path) -> dict:
@@ -102,30 +81,16 @@ def summarise(run_path: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(SPECS))
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--crops", type=int, default=32, help="random crops per epoch")
+    parser = arguments(__doc__, list(SPECS), "/tmp/matseg-crossval-real")
     parser.add_argument("--protocols", nargs="+", default=["cv", "holdout"])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/matseg-crossval-real"))
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from matseg.pipeline import run
-    from matseg.profile import load_profile
-
-    if not (ROOT.parent / "shared" / "data").is_dir():
-        raise SystemExit("skipped: ../shared/data is absent")
     results = {}
     for dataset in args.datasets:
         for protocol in args.protocols:
-            folder = args.out / dataset / protocol
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / "profile.json"
-            path.write_text(json.dumps(profile(dataset, protocol, args.epochs, args.crops)))
-            start = time.perf_counter()
-            done = run(load_profile(path), folder / "runs", resume=True, progress_bar=False)
-            summary = summarise(done.path)
-            summary["wall_s"] = round(time.perf_counter() - start)
+            done, wall = run_profile(
+                args.out / dataset / protocol, profile(dataset, protocol, args.epochs, args.crops)
+            )
+            summary = summarise(done.path) | {"wall_s": wall}
             results[f"{dataset}/{protocol}"] = summary
             print(f"{dataset} {protocol}: {json.dumps(summary)}", flush=True)
     print(json.dumps(results, indent=2))

@@ -18,13 +18,11 @@ count. The budget is in epochs and crops (never minutes); run it with nothing el
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from real_runs import arguments, lite0_profile, run_profile
+
 TARGETS = {
     "nasa_super": ("nasa-super.json", ["area_fraction:red_fine_gamma_prime",
                                        "area_fraction:blue_coarse_gamma_prime"]),
@@ -36,17 +34,9 @@ TARGETS = {
 
 
 def profile(dataset: str, target: str, epochs: int, crops: int) -> dict:
-    return {
-        "name": f"quantities-{dataset}",
-        "datasets": [str(ROOT / "examples" / TARGETS[dataset][0])],
-        "task": {"target": target},
-        "model": {"encoders": ["tu-tf_efficientnet_lite0"], "decoders": ["unet", "deeplabv3plus"],
-                  "weights": "efficientnet-lite0"},
-        "training": {"batch_size": 8, "learning_rate": 1e-3, "max_epochs": epochs, "patience": 10,
-                     "patch_size": 256, "crops_per_epoch": crops, "loss": "ce+dice",
-                     "precision": "bf16-mixed", "seeds": [0]},
-        "evaluation": {"protocol": "cv", "folds": 5},
-    }  # fmt: skip
+    return lite0_profile(f"quantities-{dataset}", TARGETS[dataset][0], epochs, crops,
+                         task={"target": target},
+                         evaluation={"protocol": "cv", "folds": 5})  # fmt: skip
 
 
 def summarise(run_path: Path, target: str) -> dict:
@@ -75,28 +65,13 @@ def summarise(run_path: Path, target: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(TARGETS))
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--crops", type=int, default=32, help="random crops per epoch")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/matseg-quantities-real"))
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from matseg.pipeline import run
-    from matseg.profile import load_profile
-
-    if not (ROOT.parent / "shared" / "data").is_dir():
-        raise SystemExit("skipped: ../shared/data is absent")
+    args = arguments(__doc__, list(TARGETS), "/tmp/matseg-quantities-real").parse_args()
     results = {}
     for dataset in args.datasets:
-        targets = TARGETS[dataset][1]
-        folder = args.out / dataset
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "profile.json"  # the first target names the run; the rest re-decide
-        path.write_text(json.dumps(profile(dataset, targets[0], args.epochs, args.crops)))
-        start = time.perf_counter()
-        done = run(load_profile(path), folder / "runs", resume=True, progress_bar=False)
-        wall = round(time.perf_counter() - start)
+        targets = TARGETS[dataset][1]  # the first target names the run; the rest re-decide
+        done, wall = run_profile(
+            args.out / dataset, profile(dataset, targets[0], args.epochs, args.crops)
+        )
         for target in targets:
             summary = summarise(done.path, target) | {"wall_s": wall}
             results[f"{dataset}/{target}"] = summary

@@ -323,7 +323,6 @@ def decide_dataset(
         notes.append(f"no {target} values in these jobs' results (written before matseg "
                      "measured quantities): ranked by IoU")  # fmt: skip
     by_target = found is not None and ranking_by.by == "target"
-    target_margin = None
     if found is not None:
         errors, constant_error, truth = found
         defined = np.isfinite(truth) & np.isfinite(constant_error)
@@ -343,10 +342,9 @@ def decide_dataset(
             # ranked by the target: higher is better, so the scores are minus the absolute error
             scores = {n: -np.abs(e) for n, e in errors.items()}
             constants = {"training mean": -np.abs(constant_error)}
-            target_margin = ranking_by.target_tie_margin or float(
+            tie_margin = ranking_by.target_tie_margin or float(
                 TARGET_MARGIN_SHARE * np.mean(np.abs(truth))
             )
-            tie_margin = target_margin
     by_fold: dict[str, dict[str, float]] = defaultdict(dict)
     for combo, p in pooled.items():
         for fold, confusions in p.by_fold.items():

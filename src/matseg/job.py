@@ -302,7 +302,6 @@ class QuantityRecorder:
         self.distributions = distributions
         self.targets = [Target(qn, c, classes[c]) for qn, c in default_quantities(classes)]
         self.rows: dict[str, list[QuantityError]] = {t.name: [] for t in self.targets}
-        self.units: dict[str, str] = {}
 
     def add(self, truth: np.ndarray | torch.Tensor, predicted: np.ndarray | torch.Tensor) -> None:
         t = np.asarray(truth.cpu() if isinstance(truth, torch.Tensor) else truth).astype(np.int64)
@@ -314,12 +313,11 @@ class QuantityRecorder:
             self.targets, compare_many(t, p, self.targets, self.scale, self.ignore), strict=True
         ):
             self.rows[target.name].append(error)
-            self.units.setdefault(target.name, error.unit)
 
     def values(self) -> dict[str, QuantityValues]:
         return {
             name: QuantityValues(
-                unit=self.units.get(name, ""),
+                unit=rows[0].unit if rows else "",
                 truth=[_finite(e.truth) for e in rows],
                 predicted=[_finite(e.predicted) for e in rows],
                 ks=[_finite(e.ks) for e in rows],

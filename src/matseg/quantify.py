@@ -8,7 +8,6 @@ encoding inferred, as for a dataset). Slices of one volume are stacked and measu
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,14 +63,9 @@ class QuantityTable:
             by[(r.quantity, r.class_name, r.unit)].append(r.value)
         out = []
         for (quantity, name, unit), values in by.items():
-            v = np.array([x for x in values if math.isfinite(x)], dtype=float)
-            ci = (math.nan, math.nan)
-            if v.size > 1:
-                idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
-                lo, hi = np.percentile(v[idx].mean(axis=1), [2.5, 97.5])
-                ci = (float(lo), float(hi))
-            mean = float(v.mean()) if v.size else math.nan
-            out.append(QuantitySummary(quantity, name, unit, int(v.size), mean, ci))
+            v = np.array(values, dtype=float)
+            mean, ci = q.mean_ci(v, n_boot, seed)
+            out.append(QuantitySummary(quantity, name, unit, int(np.isfinite(v).sum()), mean, ci))
         return out
 
 

@@ -586,21 +586,6 @@ def _weighted_ks(a: Measurement, b: Measurement) -> tuple[float, float]:
     return ks, float(stats.wasserstein_distance(va, vb, wa, wb))
 
 
-def compare(
-    truth: NDArray[np.integer],
-    predicted: NDArray[np.integer],
-    target: Target,
-    scale: Scale,
-    ignore_index: int | None = None,
-) -> QuantityError:
-    """The target quantity on one image's ground truth and prediction (``ignore_index``: pixels
-    an area fraction does not count)."""
-    t = measure(target.quantity, truth, target.class_id, scale, ignore_index)
-    p = measure(target.quantity, predicted, target.class_id, scale, ignore_index)
-    ks, emd = _weighted_ks(t, p) if target.quantity in DISTRIBUTIONS else (math.nan, math.nan)
-    return QuantityError(t.value, p.value, ks, emd, t.unit)
-
-
 def compare_many(
     truth: NDArray[np.integer],
     predicted: NDArray[np.integer],
@@ -617,6 +602,34 @@ def compare_many(
         distance = _weighted_ks(t, p) if target.quantity in DISTRIBUTIONS else (math.nan, math.nan)
         out.append(QuantityError(t.value, p.value, *distance, t.unit, t, p))
     return out
+
+
+def compare(
+    truth: NDArray[np.integer],
+    predicted: NDArray[np.integer],
+    target: Target,
+    scale: Scale,
+    ignore_index: int | None = None,
+) -> QuantityError:
+    """The target quantity on one image's ground truth and prediction (``ignore_index``: pixels
+    an area fraction does not count)."""
+    return compare_many(truth, predicted, [target], scale, ignore_index)[0]
+
+
+def mean_ci(
+    values: NDArray[np.float64], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """Mean of the finite values with its percentile bootstrap 95% CI (NaN where undefined:
+    no value, or one value for the interval)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return math.nan, (math.nan, math.nan)
+    if v.size < 2:
+        return float(v.mean()), (math.nan, math.nan)
+    boot = v[np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(v.mean()), (float(lo), float(hi))
 
 
 @dataclass(frozen=True)
@@ -638,19 +651,7 @@ def summarise_errors(
     """Dataset-level bias and error of a quantity, with percentile bootstrap CIs over images."""
     e = np.array([x.error for x in errors], dtype=float)
     e = e[np.isfinite(e)]
-    nan2 = (math.nan, math.nan)
-    if not e.size:
-        return ErrorSummary(0, math.nan, nan2, math.nan, nan2, math.nan)
-    idx = np.random.default_rng(seed).integers(0, e.size, size=(n_boot, e.size))
-    boot = e[idx]
-
-    def ci(values: NDArray[np.float64]) -> tuple[float, float]:
-        lo, hi = np.percentile(values, [2.5, 97.5])
-        return float(lo), float(hi)
-
-    return ErrorSummary(
-        n_images=int(e.size), bias=float(e.mean()), bias_ci=ci(boot.mean(axis=1)),
-        mean_absolute_error=float(np.abs(e).mean()),
-        mean_absolute_error_ci=ci(np.abs(boot).mean(axis=1)),
-        spread=float(e.std(ddof=1)) if e.size > 1 else math.nan,
-    )  # fmt: skip
+    bias, bias_ci = mean_ci(e, n_boot, seed)
+    mae, mae_ci = mean_ci(np.abs(e), n_boot, seed)
+    spread = float(e.std(ddof=1)) if e.size > 1 else math.nan
+    return ErrorSummary(int(e.size), bias, bias_ci, mae, mae_ci, spread)

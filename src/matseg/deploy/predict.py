@@ -26,7 +26,7 @@ from matseg.datasets.readers import input_files, match_channels, normalisation, 
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
-from matseg.quantities import GRAIN_QUANTITIES, Scale, default_quantities, measure_many
+from matseg.quantities import GRAIN_QUANTITIES, Scale, default_quantities, mean_ci, measure_many
 from matseg.rundir import QC_FILE, RunDir, mask_png
 from matseg.trained import TrainedJob, load_trained
 from matseg.training import predict_probabilities, uses_channels_last
@@ -396,25 +396,24 @@ def batch_quantities(summary: PredictSummary, n_boot: int = 2000) -> list[dict[s
         if any(r["flagged"] for r in flags.get(Path(p.source).stem, []))
     }  # fmt: skip
     names = list(dict.fromkeys(n for p in summary.predictions for n in p.quantities))
-    rng = np.random.default_rng(0)
     out = []
     for name in names:
         kept = [p.quantities[name][0] for p in summary.predictions
                 if p.source not in flagged and name in p.quantities]  # fmt: skip
         values = np.array([v for v in kept if v is not None], dtype=float)
         unit = next(p.quantities[name][1] for p in summary.predictions if name in p.quantities)
-        lo = hi = mean = None
-        if values.size:
-            mean = float(values.mean())
-        if values.size > 1:
-            boot = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
-            lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+        mean, (lo, hi) = mean_ci(values, n_boot)
         out.append({
-            "quantity": name, "unit": unit, "images": int(values.size), "mean": mean,
-            "ci_low": lo, "ci_high": hi, "flagged_left_out": len(flagged),
+            "quantity": name, "unit": unit, "images": int(values.size),
+            "mean": _or_none(mean), "ci_low": _or_none(lo), "ci_high": _or_none(hi),
+            "flagged_left_out": len(flagged),
             "quality_control": "fitted" if summary.quality else "not fitted: nothing left out",
         })  # fmt: skip
     return out
+
+
+def _or_none(x: float) -> float | None:
+    return x if np.isfinite(x) else None
 
 
 def _csv(summary: PredictSummary, classes: list[str]) -> bytes:

@@ -59,8 +59,14 @@ def summarise(run_path: Path, target: str) -> dict:
             for e in d.ranking
         }  # fmt: skip
         out["notes"] = d.notes
-    header, rows = quantity_table(recommend(read_record(folder.record_file)), [target])
+    record = read_record(folder.record_file)
+    header, rows = quantity_table(recommend(record), [target])
     out["test_quantities"] = [dict(zip(header, row, strict=True)) for row in rows]
+    out["selection_gaps"] = {  # issue 15: does the test estimate keep the out-of-fold promise?
+        e.name: e.selection_gap.model_dump() | {"consistent": e.selection_gap.consistent}
+        for e in record.ensembles
+        if e.selection_gap is not None
+    }
     return out
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -24,6 +23,7 @@ from pydantic import (
 
 from matseg.datasets.spec import DatasetSpec, load_spec, spec_from_dict
 from matseg.errors import SpecError, read_json
+from matseg.fields import SAFE_NAME, UserModel, problems
 from matseg.quantities import QUANTITIES
 from matseg.selection import TIE_MARGIN
 
@@ -33,10 +33,11 @@ Precision = Literal["32", "bf16-mixed"]
 METRICS = ("iou", "dice", "pixel_accuracy", "weighted_iou")
 
 
-class _Block(BaseModel):
-    """A profile block: unknown keys are errors; ``"$comment"`` is the one free-text key."""
+class _Block(UserModel):
+    """A profile block: unknown keys are errors, numbers finite and never booleans;
+    ``"$comment"`` is the one free-text key."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
     comment: str | None = Field(default=None, alias="$comment", exclude=True)
 
@@ -292,7 +293,7 @@ class Evaluation(_Block):
 class Profile(_Block):
     """One benchmark: datasets x encoders x decoders x seeds under one protocol."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the run folder")
+    name: str = Field(pattern=SAFE_NAME, description="names the run folder")
     description: str = ""
     datasets: list[str | DatasetSpec] = Field(
         min_length=1, description="spec paths or inline specs"
@@ -317,24 +318,12 @@ class Profile(_Block):
         return self._base_dir or Path.cwd()
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
 def profile_problems(data: Any) -> list[str]:
     """Every validation error as one line: field path, expected, found."""
     try:
         Profile.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            found = "nothing" if err["type"] == "missing" else repr(err.get("input"))
-            if len(found) > 60:
-                found = found[:57] + "..."
-            expected = "a value (required)" if err["type"] == "missing" else err["msg"]
-            expected = expected.removeprefix("Value error, ")
-            lines.append(f"{_path(err['loc'])}: expected {expected}, found {found}")
-        return lines
+        return [f"{w}: expected {e}, found {f}" for w, e, f in problems(exc)]
     return []
 
 

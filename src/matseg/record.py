@@ -33,6 +33,7 @@ from matseg.decision import (
     recommended_combinations,
 )
 from matseg.errors import MatsegError, read_json
+from matseg.fields import first_problem
 from matseg.plan import Job
 from matseg.results import (
     EnsembleResult,
@@ -670,12 +671,9 @@ def read_record(path: Path) -> EvaluationRecord:
     try:
         return EvaluationRecord.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        found = "nothing" if err["type"] == "missing" else repr(err.get("input"))[:60]
-        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        where, expected, found = first_problem(exc)
         raise RecordError(
-            f"{path}: {where}", err["msg"], found + more, "rebuild it with `matseg report RUN`"
+            f"{path}: {where}", expected, found, "rebuild it with `matseg report RUN`"
         ) from None
 
 

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matseg.atomic import write_bytes, write_csv, write_json
 from matseg.errors import MatsegError, SpecError
+from matseg.fields import first_problem
 from matseg.plan import Plan, run_hash
 from matseg.profile import Profile, QualityControl
 from matseg.results import COLUMNS, EnsembleResult, JobResult, best_rows
@@ -468,10 +469,8 @@ def _number(value: str | None) -> float | None:
 
 
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{where}: {err['msg']}{more}"
+    where, expected, found = first_problem(exc)
+    return f"{where}: expected {expected}, found {found}"
 
 
 def _now() -> str:

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -22,6 +20,7 @@ from pydantic import (
 )
 
 from matseg.errors import SpecError, read_json
+from matseg.fields import SAFE_NAME, UserModel, first_problem
 
 
 class Modality(StrEnum):
@@ -34,10 +33,9 @@ class Modality(StrEnum):
     OTHER = "other"
 
 
-class _Strict(BaseModel):
-    """Unknown keys are errors: a typo in a spec must never be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
+class _Strict(UserModel):
+    """Unknown keys are errors: a typo in a spec must never be silently ignored; numbers are
+    finite and never booleans."""
 
 
 # --- mask encodings -----------------------------------------------------------------------------
@@ -232,7 +230,11 @@ Normalise = Literal["auto", "dtype", "minmax", "percentile", "zscore"]
 class DatasetSpec(_Strict):
     """A dataset described as data: where, how to read, what the classes mean, the context."""
 
-    name: str
+    name: str = Field(
+        pattern=SAFE_NAME,
+        description="names the dataset in tables and its cache folder: letters, digits, "
+        "'_', '.', '-', not starting with '.' or '-' (never a path)",
+    )
     root: str = "."
     images: str = "images"
     masks: str | None = "masks"
@@ -283,19 +285,9 @@ def spec_from_dict(
     try:
         spec = DatasetSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        found = "nothing" if err["type"] == "missing" else repr(err.get("input"))
-        if len(found) > 80:
-            found = found[:77] + "..."
-        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise SpecError(
-            f"{where}: field '{_field_path(err['loc'])}'",
-            "a value (required)"
-            if err["type"] == "missing"
-            else err["msg"].removeprefix("Value error, "),
-            found + more,
-            "see examples/*.json or docs/dataset-spec.md",
-        ) from None
+        field, expected, found = first_problem(exc, width=80)
+        hint = "see examples/*.json or docs/dataset-spec.md"
+        raise SpecError(f"{where}: field '{field}'", expected, found, hint) from None
     spec._base_dir = base_dir
     return spec
 

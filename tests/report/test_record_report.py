@@ -30,7 +30,10 @@ from matseg.report.knowledge import (
 from matseg.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
-INJECTED = "<script>window.__pwned = 1; document.title = 'pwned'</script> grains & <b>bold</b>"
+INJECTED = (
+    "<script>window.__pwned = 1; document.title = 'pwned'</script> grains & <b>bold</b> "
+    "<img src=x onerror=alert(1)> [click](javascript:alert(1))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +117,9 @@ def test_report_files_escape_user_text(reported_run: Path) -> None:
     assert grid[0].startswith("dataset,split,encoder,decoder") and len(grid) == 3
     md = (reported_run / "report.md").read_text()
     assert "## Every combination (Table 3)" in md and "| synthetic-particles | test |" in md
+    # a Markdown viewer passes raw HTML and follows links: neither survives in report.md
+    assert "<script" not in md and "<img" not in md and "](javascript" not in md
+    assert "Objective: &lt;script&gt;window.__pwned" in md and "&lt;img src=x onerror" in md
 
 
 def test_report_renders_in_headless_chromium(reported_run: Path) -> None:

@@ -22,6 +22,7 @@ from matseg.report.tables import (
     best_table,
     explanation_table,
     grid_table,
+    markdown_safe,
     quality_table,
     quantity_table,
     ranking_table,
@@ -244,7 +245,7 @@ def render_markdown(record: EvaluationRecord, rec: Recommendation) -> str:
               to_markdown(quantity_table(rec))]  # fmt: skip
     parts += ["## Quality control\n", to_markdown(quality_table(record))]
     parts += ["## Explanations\n", to_markdown(explanation_table(record))]
-    return "\n".join(parts)
+    return markdown_safe("\n".join(parts))
 
 
 def build_report(run: RunDir | Path, out: Path | None = None) -> ReportFiles:

@@ -208,6 +208,15 @@ def to_csv(table: Table) -> bytes:
     return table_csv_bytes(header, rows)
 
 
+def markdown_safe(text: str) -> str:
+    """Markdown in which text from a record (dataset names, objectives, file names, notes) can
+    neither run nor link: HTML's ``<``, ``>`` and ``&`` become entities (a Markdown viewer
+    passes raw HTML through: ``<script>``, ``<img onerror>``) and a link's ``](`` is broken.
+    matseg's own Markdown uses neither, so the whole report is escaped at once."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("](", "]\\(")
+
+
 def to_markdown(table: Table) -> str:
     header, rows = table
 

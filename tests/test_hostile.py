@@ -5,14 +5,25 @@ what was expected and what was found."""
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
+import tifffile
+from PIL import Image
+from typer.testing import CliRunner
 
+from matseg.cli import app
+from matseg.datasets.readers import read_array
 from matseg.datasets.spec import spec_from_dict
-from matseg.errors import SpecError, UserError
+from matseg.errors import DataError, SpecError, UserError
 from matseg.profile import load_profile, profile_problems
+
+if TYPE_CHECKING:
+    from conftest import DataMaker
 
 PROFILE = {"name": "p", "datasets": ["examples/nasa-super.json"]}
 
@@ -87,3 +98,79 @@ def test_dataset_name_is_never_a_path(name: str) -> None:
 def test_profile_name_is_never_a_path(name: str) -> None:
     (problem,) = profile_problems(PROFILE | {"name": name})
     assert problem.startswith("name: ")
+
+
+# --- decompression bombs: a few kB declaring 10^10 pixels ------------------------------------
+
+
+def _png_declaring(path: Path, width: int, height: int) -> Path:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body + chunk(b"IEND", b""))
+    return path
+
+
+def _tiff_declaring(path: Path, width: int, height: int) -> Path:
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(width)
+        tif.pages[0].tags["ImageLength"].overwrite(height)
+    return path
+
+
+BOMBS = {"bomb.png": _png_declaring, "bomb.tif": _tiff_declaring}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path, name: str) -> None:
+    path = BOMBS[name](tmp_path / name, 100_000, 100_000)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(DataError) as caught:
+        read_array(path)
+    line = _one_line(caught.value)
+    assert line.startswith(str(path)) and "100000 x 100000" in line
+    assert "2,147,483,648" in line and "MATSEG_MAX_PIXELS" in line
+
+
+def test_the_pixel_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    assert read_array(path).shape == (64, 64)
+    monkeypatch.setenv("MATSEG_MAX_PIXELS", "1000")
+    with pytest.raises(DataError, match="at most 1,000 pixels"):
+        read_array(path)
+    monkeypatch.setenv("MATSEG_MAX_PIXELS", "lots")
+    with pytest.raises(DataError, match="MATSEG_MAX_PIXELS: expected a whole number"):
+        read_array(path)
+
+
+@pytest.mark.parametrize("folder", ["images", "masks"])
+def test_dataset_check_names_a_bomb_in_one_line(data_maker: DataMaker, folder: str) -> None:
+    data_maker.good(4)
+    _png_declaring(getattr(data_maker, folder) / "good0.png", 100_000, 100_000)
+    spec = data_maker.spec_file(encoding={"type": "index"})
+    result = CliRunner().invoke(app, ["datasets", "check", str(spec)], env={"COLUMNS": "250"})
+    assert "Traceback" not in result.output and not isinstance(result.exception, MemoryError)
+    assert "good0.png" in result.output and "100000 x 100000" in result.output
+
+
+def test_truncated_decode_cache_file_is_a_cache_miss(data_maker: DataMaker, tmp_path: Path) -> None:
+    from matseg.datasets.check import inspect_dataset
+
+    data_maker.good(4)
+    spec = data_maker.spec(encoding={"type": "index"})
+    cache = tmp_path / "cache"
+    first = inspect_dataset(spec, cache_dir=cache).dataset(cache)
+    expected = [first[i] for i in range(len(first))]
+    cached = sorted(cache.rglob("*.image.npy"))
+    assert cached
+    for path in cached:  # cut every cached image short
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    again = inspect_dataset(spec, cache_dir=cache).dataset(cache)
+    for i, sample in enumerate(expected):
+        np.testing.assert_array_equal(again[i].image, sample.image)
+        np.testing.assert_array_equal(again[i].mask, sample.mask)

@@ -118,9 +118,12 @@ class DecodeCache:
         mask_path = self.folder / f"{key}.mask.npy"
         none_path = self.folder / f"{key}.nomask"
         if img_path.exists() and (mask_path.exists() or none_path.exists()):
-            image = np.load(img_path, mmap_mode="r")
-            mask = np.load(mask_path, mmap_mode="r") if mask_path.exists() else None
-            return image, mask
+            try:
+                image = np.load(img_path, mmap_mode="r")
+                mask = np.load(mask_path, mmap_mode="r") if mask_path.exists() else None
+                return image, mask
+            except (ValueError, OSError, EOFError):
+                pass  # a truncated or damaged cache file is a cache miss: decode again
         image, mask = self._decode(item)
         if mask is None:
             none_path.touch()

@@ -7,7 +7,10 @@ an image into the float32 (C, H, W) array the models take.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,46 @@ from matseg.errors import DataError
 
 Reader = Callable[[Path], np.ndarray]
 
+DEFAULT_MAX_PIXELS = 2**31  # 2.1 G pixels (46341 px square, or 1290 slices of 1290 x 1290)
+
+
+def max_pixels() -> int:
+    """The largest image (pixels x pages x channels) a reader decodes: ``MATSEG_MAX_PIXELS``,
+    else 2^31. A header declaring more is refused before any pixel is decoded, so a
+    decompression bomb (a few kB declaring 10^10 pixels) costs nothing."""
+    value = os.environ.get("MATSEG_MAX_PIXELS", "")
+    try:
+        return int(value) if value else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DataError(
+            "MATSEG_MAX_PIXELS", "a whole number of pixels", repr(value), "e.g. 4000000000"
+        ) from None
+
+
+def check_declared_size(path: Path, shape: Sequence[int]) -> None:
+    """Refuse a file whose header declares more than :func:`max_pixels` values."""
+    count, limit = math.prod(int(s) for s in shape), max_pixels()
+    if count > limit:
+        raise DataError(
+            str(path),
+            f"at most {limit:,} pixels (the limit MATSEG_MAX_PIXELS sets)",
+            f"a header declaring {' x '.join(map(str, shape))} = {count:,}",
+            "raise MATSEG_MAX_PIXELS if the file is genuine, or tile the mosaic",
+        )
+
+
+@contextlib.contextmanager
+def _own_size_check() -> Iterator[None]:
+    # Pillow's own bomb check refuses anything over 179 M pixels, which real SEM mosaics pass;
+    # matseg checks the declared size against its own (configurable) limit instead, while
+    # Pillow reads the header only.
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
@@ -31,7 +74,10 @@ def _check_file(path: Path) -> None:
 def _read_pil(path: Path) -> np.ndarray:
     """PNG / JPEG / BMP through Pillow; palette images keep their indices (masks often are)."""
     try:
-        with Image.open(path) as im:
+        with _own_size_check():
+            im = Image.open(path)
+        with im:
+            check_declared_size(path, (im.size[1], im.size[0], len(im.getbands())))
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(im, dtype=np.uint16)
@@ -54,7 +100,10 @@ def _read_tiff(path: Path) -> np.ndarray:
     """TIFF (8/16-bit, float, multi-page) through tifffile; pages stack on the first axis."""
     try:
         # is_shaped=False: some overlays carry stale 'shaped' metadata that only produces warnings.
-        array = np.asarray(tifffile.imread(path, is_shaped=False))
+        with tifffile.TiffFile(path, is_shaped=False) as tif:
+            if tif.series:
+                check_declared_size(path, tif.series[0].shape)
+            array = np.asarray(tif.asarray())
     # RuntimeError: imagecodecs raises it (e.g. DeflateError) for truncated compressed strips.
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, RuntimeError) as exc:
         raise DataError(
@@ -70,6 +119,8 @@ def _read_tiff(path: Path) -> np.ndarray:
 def _read_npy(path: Path) -> np.ndarray:
     """NumPy .npy arrays (AFM channel stacks, float images); pickles are refused."""
     try:
+        header = np.load(path, mmap_mode="r", allow_pickle=False)
+        check_declared_size(path, header.shape)
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(
@@ -140,6 +191,18 @@ def read_array(path: Path) -> np.ndarray:
     return READERS[suffix](path)
 
 
+def open_stack(path: Path) -> np.ndarray:
+    """A TIFF stack (an XCT volume, a mosaic) memory-mapped where its layout allows (plain,
+    contiguous), so it never has to fit in memory; otherwise decoded whole, after the declared
+    size is checked against :func:`max_pixels`."""
+    _check_file(path)
+    try:
+        return tifffile.memmap(path, mode="r")
+    except (ValueError, OSError, tifffile.TiffFileError):
+        pass  # compressed or tiled: decode
+    return _read_tiff(path)
+
+
 def probe_shape(path: Path) -> tuple[int, ...]:
     """The stored array shape without decoding pixels where the format allows it."""
     suffix = path.suffix.lower()
@@ -156,7 +219,9 @@ def probe_shape(path: Path) -> tuple[int, ...]:
     if suffix in (".png", ".jpg", ".jpeg", ".bmp"):
         _check_file(path)
         try:
-            with Image.open(path) as im:
+            with _own_size_check():
+                im = Image.open(path)
+            with im:
                 bands = len(im.getbands())
                 w, h = im.size
                 return (h, w) if bands == 1 or im.mode == "P" else (h, w, bands)

@@ -22,7 +22,13 @@ import tifffile
 import torch
 
 from matseg.atomic import csv_bytes, write_bytes
-from matseg.datasets.readers import input_files, match_channels, normalisation, normalise
+from matseg.datasets.readers import (
+    input_files,
+    match_channels,
+    normalisation,
+    normalise,
+    open_stack,
+)
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
@@ -89,9 +95,12 @@ def is_volume(path: Path) -> bool:
     """A TIFF whose pages form a stack (z, y, x), not one (possibly RGB) image."""
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        shape, axes = series.shape, series.axes
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes = series.shape, series.axes
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return False  # a damaged file: reading it as an image says what is wrong, in one line
     if len(shape) == 3 and axes[-1] in "SC" and shape[-1] in (3, 4):
         return False  # an RGB(A) image
     return len(shape) >= 3
@@ -202,7 +211,7 @@ def predict_volume(
     spec: DatasetSpec = trained.data.inspection.spec
     classes = trained.data.classes
     k = len(classes)
-    volume = tifffile.memmap(path, mode="r") if _memmappable(path) else tifffile.imread(path)
+    volume = open_stack(path)
     if volume.ndim != 3:
         raise DataError(str(path), "a (z, y, x) volume", f"shape {volume.shape}")
     mask_path = out / f"{path.stem}_mask.tif"
@@ -247,14 +256,6 @@ def predict_volume(
     return Prediction(str(path), "volume", tuple(volume.shape), str(mask_path),
                       str(prob_path) if probabilities else None, time.perf_counter() - start,
                       tiles, fractions, measured)  # fmt: skip
-
-
-def _memmappable(path: Path) -> bool:
-    try:
-        tifffile.memmap(path, mode="r")
-    except (ValueError, OSError):
-        return False
-    return True
 
 
 def _put(volume: np.ndarray, axis: int, i: int, values: np.ndarray) -> None:
@@ -330,7 +331,7 @@ def _quality(trained: TrainedJob, files: list[Path], slices: int = 16) -> list[d
     rows = score_new_images(fitted, images) if images else []
     spec = trained.data.inspection.spec
     for path in (f for f in files if is_volume(f)):
-        volume = tifffile.memmap(path, mode="r") if _memmappable(path) else tifffile.imread(path)
+        volume = open_stack(path)
         picks = np.unique(np.linspace(0, len(volume) - 1, min(slices, len(volume))).astype(int))
         arrays = [(f"{path.stem}#z{z}", normalise(np.asarray(volume[z])[None], spec.normalise))
                   for z in picks]  # fmt: skip

@@ -174,3 +174,24 @@ def test_truncated_decode_cache_file_is_a_cache_miss(data_maker: DataMaker, tmp_
     for i, sample in enumerate(expected):
         np.testing.assert_array_equal(again[i].image, sample.image)
         np.testing.assert_array_equal(again[i].mask, sample.mask)
+
+
+# --- quality control on a dataset as small as the demo's -------------------------------------
+
+
+def test_a_detector_that_cannot_be_fitted_on_little_data_is_skipped_with_a_note() -> None:
+    from matseg.qc.quality import TypicalityQC
+
+    rng = np.random.default_rng(0)
+    train = {"encoder": rng.normal(size=(12, 40)), "classical": rng.normal(size=(12, 24))}
+    val = {"encoder": rng.normal(size=(6, 40)), "classical": rng.normal(size=(6, 24))}
+    qc = TypicalityQC(["encoder", "classical"], detector="mahalanobis",
+                      compare=["forte-kde", "knn"], k=3)  # fmt: skip
+    qc.fit_embeddings(train, val)
+    assert set(qc.detectors_) == {"mahalanobis", "knn"}
+    (reason,) = qc.skipped_.values()
+    assert "forte-kde" in qc.skipped_ and "12 training patches" in reason
+    assert set(qc.thresholds_) == {"mahalanobis", "knn"}
+    chosen = TypicalityQC(["encoder", "classical"], detector="forte-kde", compare=[], k=3)
+    with pytest.raises(UserError, match="detector forte-kde cannot be fitted on 12 training"):
+        chosen.fit_embeddings(train, val)

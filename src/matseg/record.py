@@ -229,6 +229,10 @@ class QualityRecord(_Model):
     flagged_images: list[FlaggedImage]
     output_qc: dict[str, Any] | None
     figure: str | None
+    skipped_detectors: dict[str, str] = Field(
+        default_factory=dict,
+        description="compared detector -> why it could not be fitted (too little data)",
+    )
 
 
 class ExplanationRecord(_Model):
@@ -527,6 +531,7 @@ def _quality(run: RunDir, datasets: dict[str, str]) -> list[QualityRecord]:
                 scenarios=data.get("scenarios", {}),
                 synthetic=data.get("synthetic", {}),
                 id_test_images_flagged=data.get("id_test_images_flagged", {}),
+                skipped_detectors=data.get("skipped_detectors", {}),
                 flagged_images=flagged,
                 output_qc=output,
                 figure=run.relative(figure) if figure.is_file() else None,

@@ -123,10 +123,20 @@ class TypicalityQC:
             self.in_channels_ = in_channels
         self.train_embeddings_ = {e: train[e] for e in self.extractors}
         self.val_embeddings_ = {e: val[e] for e in self.extractors}
-        self.detectors_ = {
-            name: make_detector(name, seed=self.seed, k=self.k).fit(self.train_embeddings_)
-            for name in self.detector_names
-        }
+        self.detectors_, self.skipped_ = {}, {}
+        for name in self.detector_names:
+            try:
+                detector = make_detector(name, seed=self.seed, k=self.k)
+                self.detectors_[name] = detector.fit(self.train_embeddings_)
+            except (ValueError, np.linalg.LinAlgError) as exc:  # InputError is a ValueError
+                n = len(next(iter(self.train_embeddings_.values())))
+                reason = f"cannot be fitted on {n} training patches ({exc})"
+                if name == self.detector:
+                    raise InputError(
+                        f"quality control: detector {name} {reason}; give it more training "
+                        "images (or larger qc.max_patches_per_image), or choose qc.detector knn"
+                    ) from None
+                self.skipped_[name] = reason  # a compared detector: noted, the chosen one runs
         self.thresholds_ = {
             name: acceptance_threshold(det.score_samples(self.val_embeddings_), self.accept)
             for name, det in self.detectors_.items()

@@ -196,6 +196,8 @@ def fit_qc(loaded: LoadedJob, progress: Progress | None = None) -> FittedQC:
     emb = {split: qc.embed(p) for split, p in sets.items()}
     say(f"fitting {', '.join(qc.detector_names)}")
     qc.fit_embeddings(emb["train"], emb["val"], loaded.data.in_channels)
+    for name, reason in qc.skipped_.items():
+        say(f"note: compared detector {name} skipped: it {reason}")
     id_test = {name: det.score_samples(emb["test"]) for name, det in qc.detectors_.items()}
     arrays = {f"{split}/{ext}": x for split, e in emb.items() for ext, x in e.items()}
     arrays.update({f"{split}/owners": np.array(p.owners) for split, p in sets.items()})
@@ -345,6 +347,7 @@ def evaluate_qc(
         "scenarios": scenarios,
         "synthetic": synthetic_reports,
         "verdict": verdict(s, scenarios),
+        "skipped_detectors": fitted.qc.skipped_,
     }
     test_rows = fitted.qc.image_rows(Scored(fitted.id_test_patches, fitted.id_test), "id:test")
     write_csv(loaded.file(SCORES_FILE), test_rows + rows)

@@ -4,7 +4,9 @@ what was expected and what was found."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -195,3 +197,83 @@ def test_a_detector_that_cannot_be_fitted_on_little_data_is_skipped_with_a_note(
     chosen = TypicalityQC(["encoder", "classical"], detector="forte-kde", compare=[], k=3)
     with pytest.raises(UserError, match="detector forte-kde cannot be fitted on 12 training"):
         chosen.fit_embeddings(train, val)
+
+
+# --- command-line options and operating-system faults ----------------------------------------
+
+
+def _cli(*args: str) -> Any:
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    return result
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["predict", "x.png", "--out", "o", "--batch-size", "0"], "--batch-size"),
+        (["predict", "x.png", "--out", "o", "--precision", "fp8"], "--precision"),
+        (["predict", "x.png", "--out", "o", "--overlap", "1.5"], "--overlap"),
+        (["explain", "--image", "x.png", "--precision", "fp8"], "--precision"),
+        (["explain", "--image", "x.png", "--window", "0"], "--window"),
+        (["explain", "--image", "x.png", "--kernel", "laser"], "--kernel"),
+        (["explain", "--image", "x.png", "--compile", "maybe"], "--compile"),
+        (["recommend", "p.json", "--top", "0"], "--top"),
+        (["run", "p.json", "--workers", "0"], "--workers"),
+        (["demo", "--folds", "1"], "--folds"),
+        (["demo", "--kind", "foam"], "--kind"),
+    ],
+)
+def test_every_option_is_validated_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], option: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # were an option let through, nothing lands in the checkout
+    needs_run = args[0] in ("predict", "explain")
+    result = _cli(*args, *(["--run", str(tmp_path)] if needs_run else []))
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+def test_demo_kinds_are_the_generators() -> None:
+    import typing
+
+    from matseg.cli import demo
+    from matseg.datasets.synthetic import STRUCTURES
+
+    kind = typing.get_type_hints(demo, include_extras=True)["kind"]
+    assert set(typing.get_args(typing.get_args(kind)[0])) == set(STRUCTURES)
+
+
+def test_predict_out_that_is_a_file_is_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    image = next((tiny_run.parents[1] / "data" / "images").iterdir())
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the output folder should go")
+    result = _cli("predict", str(image), "--run", str(tiny_run), "--out", str(taken))
+    assert result.exit_code == 2
+    assert str(taken) in result.output and "choose another path" in result.output
+    assert taken.read_text().startswith("a file where")  # nothing lost
+
+
+@pytest.mark.parametrize(
+    ("code", "remedy"),
+    [
+        (errno.ENOSPC, "free space on that disk"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "change its permissions"),
+    ],
+)
+def test_disk_full_and_read_only_outputs_are_one_line(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, remedy: str
+) -> None:
+    image = next((tiny_run.parents[1] / "data" / "images").iterdir())
+
+    def refuse(src: Any, dst: Any) -> None:
+        raise OSError(code, os.strerror(code), str(dst))
+
+    monkeypatch.setattr("matseg.atomic.os.replace", refuse)
+    result = _cli("predict", str(image), "--run", str(tiny_run), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and remedy in result.output
+    assert str(tmp_path / "o") in result.output
+    assert not list((tmp_path / "o").rglob("*.tmp"))  # no temporary file left behind

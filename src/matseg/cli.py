@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from matseg import __version__
-from matseg.errors import UserError
+from matseg.errors import UserError, os_error_line
 
 app = typer.Typer(
     name="matseg",
@@ -51,6 +51,16 @@ def _friendly_errors() -> Iterator[None]:
         yield
     except UserError as exc:
         err.print(f"[bold red]error[/]: {exc.line()}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # disk full, read-only folder, a file in the way: no traceback
+        err.print(f"[bold red]error[/]: {os_error_line(exc)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except MemoryError:
+        err.print(
+            "[bold red]error[/]: out of memory; use smaller tiles or batches (--batch-size), "
+            "or a machine with more memory",
+            highlight=False,
+        )
         raise typer.Exit(2) from None
 
 
@@ -321,7 +331,8 @@ def profile_init(
     if path.exists() and not force:
         err.print(f"[red]error[/]: {path}: expected a new file, found an existing one; use --force")
         raise typer.Exit(2)
-    write_json(path, starting_profile(dataset))
+    with _friendly_errors():
+        write_json(path, starting_profile(dataset))
     out.print(f"wrote {path}; edit it, then: matseg profile validate {path}", highlight=False)
 
 
@@ -422,11 +433,11 @@ def run_command(
     executor: Annotated[
         str, typer.Option(help="local (this machine) or ray (a Ray cluster).")
     ] = "local",
-    workers: Annotated[int, typer.Option(help="local: jobs run in parallel processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="local: jobs run in parallel processes.")] = 1,
     address: Annotated[
         str | None, typer.Option(help="ray: cluster address (default: start a local one).")
     ] = None,
-    cpus_per_job: Annotated[int, typer.Option(help="ray: CPUs requested per job.")] = 1,
+    cpus_per_job: Annotated[int, typer.Option(min=1, help="ray: CPUs requested per job.")] = 1,
 ) -> None:
     """Train and evaluate every job of a profile; write the run folder and results tables."""
     from matseg.profile import load_profile
@@ -604,13 +615,20 @@ def explain_command(
         typer.Option(help="Region A: mask image, COCO / VIA polygon JSON, or y0,x0,y1,x1."),
     ] = None,
     job: JobOption = None,
-    kernel: Annotated[str, typer.Option(help="Perturbation: blur, mean, zero or noise.")] = "blur",
-    window: Annotated[int, typer.Option(help="Window size in pixels.")] = 16,
-    stride: Annotated[int, typer.Option(help="Window step (1: exact mode).")] = 8,
-    target: Annotated[str, typer.Option(help="Compare probabilities or mask.")] = "probabilities",
-    precision: Annotated[str, typer.Option(help="32 (exact) or bf16-mixed (faster).")] = "32",
+    kernel: Annotated[
+        Literal["blur", "mean", "zero", "noise"], typer.Option(help="Perturbation kernel.")
+    ] = "blur",
+    window: Annotated[int, typer.Option(min=1, help="Window size in pixels.")] = 16,
+    stride: Annotated[int, typer.Option(min=1, help="Window step (1: exact mode).")] = 8,
+    target: Annotated[
+        Literal["probabilities", "mask"], typer.Option(help="Compare probabilities or mask.")
+    ] = "probabilities",
+    precision: Annotated[
+        Literal["32", "bf16-mixed"], typer.Option(help="32 (exact) or bf16-mixed (faster).")
+    ] = "32",
     compile: Annotated[
-        str, typer.Option(help="Compile the model: auto (from 4000 windows), on or off.")
+        Literal["auto", "on", "off"],
+        typer.Option(help="Compile the model: auto (from 4000 windows), on or off."),
     ] = "auto",
     faithful: Annotated[bool, typer.Option(help="Run the deletion-curve check.")] = True,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
@@ -619,9 +637,6 @@ def explain_command(
     """Counterfactual influence heatmap H of each image inside the expert's region A."""
     from matseg.explain.run import ExplainOptions, explain_image
 
-    if target not in ("probabilities", "mask"):
-        err.print(f"[bold red]error[/]: --target: expected probabilities or mask, found {target}")
-        raise typer.Exit(2)
     options = ExplainOptions(
         kernel, window, stride, target, precision, faithful, compile,  # type: ignore[arg-type]
     )  # fmt: skip
@@ -772,7 +787,7 @@ def recommend_command(
         list[Path] | None,
         typer.Option("--runs", help="Your earlier run folders to learn from (repeat)."),
     ] = None,
-    top: Annotated[int, typer.Option(help="How many combinations to list.")] = 5,
+    top: Annotated[int, typer.Option(min=1, help="How many combinations to list.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the suggestion as JSON.")] = False,
 ) -> None:
     """Before training: the combinations to try first, from similar earlier contexts."""
@@ -808,10 +823,13 @@ def predict_command(
     run: RunOption,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for masks and predictions.csv.")],
     job: JobOption = None,
-    overlap: Annotated[float, typer.Option(help="Tile overlap fraction (blended).")] = 0.25,
-    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 8,
+    overlap: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Tile overlap fraction (blended).")
+    ] = 0.25,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 8,
     precision: Annotated[
-        str | None, typer.Option(help="32 or bf16-mixed (default: the job's).")
+        Literal["32", "bf16-mixed"] | None,
+        typer.Option(help="32 or bf16-mixed (default: the job's)."),
     ] = None,
     axis: Annotated[int, typer.Option(help="Volumes: slice along this axis (0 = z).")] = 0,
     fuse_axes: Annotated[
@@ -940,19 +958,20 @@ def demo(
         Path, typer.Option("--out", help="Folder for the generated data and the run.")
     ] = Path("matseg-demo"),
     kind: Annotated[
-        str, typer.Option(help="Synthetic microstructure: pores, particles, grains, phases.")
+        Literal["pores", "particles", "grains", "phases"],
+        typer.Option(help="Synthetic microstructure."),
     ] = "pores",
-    seed: Annotated[int, typer.Option(help="Seed for the generator and the split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for the generator and the split.")] = 0,
     n_images: Annotated[
-        int, typer.Option(help="Tiles to generate (each micrograph is cut into 4).")
+        int, typer.Option(min=4, help="Tiles to generate (each micrograph is cut into 4).")
     ] = 48,
     encoder: Annotated[str, typer.Option(help="Encoder of the grid.")] = "tu-tf_efficientnet_lite0",
     weights: Annotated[str, typer.Option(help="Encoder weights.")] = "efficientnet-lite0",
     decoders: Annotated[
         list[str] | None, typer.Option("--decoder", help="Decoders (repeat the option).")
     ] = None,
-    max_epochs: Annotated[int, typer.Option(help="Epoch budget per job.")] = DEMO_EPOCHS,
-    folds: Annotated[int, typer.Option(help="Cross-validation folds (2 or more).")] = 3,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Epoch budget per job.")] = DEMO_EPOCHS,
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (2 or more).")] = 3,
 ) -> None:
     """The offline quickstart: generate micrographs, check them, train and compare a small grid."""
     from matseg.atomic import write_json

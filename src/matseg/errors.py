@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,29 @@ class DownloadError(MatsegError):
 
 class ModelError(MatsegError):
     """A model cannot be built as asked, or requested weights cannot be found or loaded."""
+
+
+_OS_REMEDIES = {
+    errno.ENOSPC: "free space on that disk, or write elsewhere (--out)",
+    errno.EDQUOT: "free space within your quota, or write elsewhere (--out)",
+    errno.EACCES: "choose a folder you may write to (--out), or change its permissions",
+    errno.EPERM: "choose a folder you may write to (--out), or change its permissions",
+    errno.EROFS: "the filesystem is read-only: write elsewhere (--out)",
+    errno.EEXIST: "a file is in the way: remove it or choose another path",
+    errno.ENOTDIR: "a file stands where a folder is needed: remove it or choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: name a file",
+    errno.ENOENT: "check the path",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """An operating-system error (disk full, read-only, permission, a file in the way) as one
+    line for people: where, what happened, what to do. Nothing is half-written: every file
+    matseg writes goes through a temporary file and a rename."""
+    where = exc.filename if exc.filename is not None else "a file or folder"
+    if getattr(exc, "filename2", None):
+        where = f"{where} -> {exc.filename2}"
+    what = exc.strerror or str(exc) or type(exc).__name__
+    remedy = _OS_REMEDIES.get(exc.errno or -1, "check the path and its permissions")
+    return f"{where}: {what.lower()}; {remedy}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -277,3 +278,75 @@ def test_disk_full_and_read_only_outputs_are_one_line(
     assert result.exit_code == 2 and remedy in result.output
     assert str(tmp_path / "o") in result.output
     assert not list((tmp_path / "o").rglob("*.tmp"))  # no temporary file left behind
+
+
+# --- damaged run folders: every command, every file ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def complete_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny run with quality control, its record and report."""
+    from matseg.qc.pipeline import run_quality_control
+    from matseg.record import write_record
+    from matseg.report import build_report
+
+    run = tmp_path_factory.mktemp("complete") / tiny_run.name
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("qc", "explain"))
+    run_quality_control(run)
+    write_record(run)
+    build_report(run)
+    return run
+
+
+def _job(run: Path) -> str:
+    return next((run / "jobs").iterdir()).name
+
+
+DAMAGED = {  # file (relative, {job} filled in) -> how it is damaged
+    "profile.json": ["missing", "truncated"],
+    "plan.json": ["missing", "truncated"],
+    "jobs/{job}/metrics.json": ["missing", "truncated"],
+    "jobs/{job}/model.safetensors": ["missing", "truncated"],
+    "record.json": ["truncated"],
+    "qc/{job}/qc.json": ["missing", "truncated"],
+    "qc/{job}/embeddings.npz": ["truncated"],
+}
+CASES = [(f, how) for f, hows in DAMAGED.items() for how in hows]
+
+
+def _damaged_copy(run: Path, where: Path, file: str, how: str) -> Path:
+    copy = where / run.name
+    shutil.copytree(run, copy, copy_function=os.link)  # the model is large: share, never edit
+    path = copy / file.format(job=_job(run))
+    data = path.read_bytes()
+    path.unlink()  # a new file: the original, linked, stays whole
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    return copy
+
+
+def _commands(run: Path, image: Path, out: Path) -> dict[str, list[str]]:
+    return {
+        "report": ["report", str(run)],
+        "predict": ["predict", str(image), "--run", str(run), "--out", str(out / "p")],
+        "qc score": ["qc", "score", str(image), "--run", str(run)],
+        "explain": ["explain", "--run", str(run), "--image", str(image), "--roi", "8,8,40,40",
+                    "--window", "16", "--stride", "16", "--no-faithful", "--out", str(out / "e")],
+        "export": ["export", "--run", str(run), "--out", str(out / "x"), "--no-onnx"],
+        "compare": ["compare", str(run), str(run)],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("file", "how"), CASES, ids=[f"{f}-{h}" for f, h in CASES])
+def test_every_command_on_a_damaged_run_folder_says_one_line(
+    tiny_run: Path, complete_run: Path, tmp_path: Path, file: str, how: str
+) -> None:
+    run = _damaged_copy(complete_run, tmp_path, file, how)
+    image = next((tiny_run.parents[1] / "data" / "images").iterdir())
+    for name, args in _commands(run, image, tmp_path).items():
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "250", "NO_COLOR": "1"})
+        crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+        assert not crashed and "Traceback" not in result.output, (name, repr(result.exception))
+        if result.exit_code != 0:
+            errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1, (name, result.output)

@@ -14,6 +14,7 @@ estimators), ``qc.json`` (settings, threshold, scenario reports, verdict) and ``
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,22 +215,27 @@ def load_fitted(loaded: LoadedJob) -> FittedQC:
         raise SpecError(
             str(path), "fitted quality control", "none", f"matseg qc fit --run {loaded.run.root}"
         )
-    saved = np.load(path)
     s = loaded.settings
+    remedy = f"matseg qc fit --run {loaded.run.root}"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            saved = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        found = f"a damaged file ({exc})"
+        raise SpecError(str(path), "saved QC embeddings", found, remedy) from None
 
     def get(split: str) -> dict[str, np.ndarray]:
         missing = [e for e in s.extractors if f"{split}/{e}" not in saved]
         if missing:
             raise SpecError(
-                str(path),
-                f"embeddings for {s.extractors}",
-                f"missing {missing}",
-                "run qc fit again",
+                str(path), f"embeddings for {s.extractors}", f"missing {missing}", remedy
             )
         return {e: saved[f"{split}/{e}"] for e in s.extractors}
 
     qc = loaded.estimator().fit_embeddings(get("train"), get("val"), loaded.data.in_channels)
     id_test = {n: d.score_samples(get("test")) for n, d in qc.detectors_.items()}
+    if "test/owners" not in saved:
+        raise SpecError(str(path), "the test patches' owners", "none", remedy)
     owners = [str(o) for o in saved["test/owners"]]
     test = Patches(np.zeros((len(owners), 0, 0, 0), np.float32), owners, [])
     return FittedQC(loaded, qc, id_test, test)

@@ -350,3 +350,25 @@ def test_every_command_on_a_damaged_run_folder_says_one_line(
         if result.exit_code != 0:
             errors = [line for line in result.output.splitlines() if line.startswith("error:")]
             assert len(errors) == 1, (name, result.output)
+
+
+# --- files others on a shared filesystem can read ---------------------------------------------
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_respect_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    from matseg.atomic import write_bytes, write_csv, write_json
+
+    old = os.umask(umask)
+    try:
+        written = [
+            write_bytes(tmp_path / "model.safetensors", b"x"),
+            write_json(tmp_path / "record.json", {"a": 1}),
+            write_csv(tmp_path / "results.csv", [{"a": 1}]),
+        ]
+        plain = tmp_path / "log.txt"
+        plain.write_text("as any file")
+    finally:
+        os.umask(old)
+    for path in [*written, plain]:
+        assert path.stat().st_mode & 0o777 == mode, path

@@ -19,14 +19,24 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    """The process's umask (only readable by setting it: set and restore at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent folders are created)."""
+    """Write ``data`` to ``path`` atomically (parent folders are created). The file gets the
+    mode any new file gets under the umask (0644 under 022; group-readable on a shared
+    cluster filesystem), not the temporary file's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -372,3 +372,56 @@ def test_atomic_writes_respect_the_umask(tmp_path: Path, umask: int, mode: int) 
         os.umask(old)
     for path in [*written, plain]:
         assert path.stat().st_mode & 0o777 == mode, path
+
+
+# --- masks of one dataset that disagree on their encoding ------------------------------------
+
+
+def _binary(rng: np.random.Generator) -> np.ndarray:
+    return np.where(rng.random((32, 32)) > 0.5, 255, 0).astype(np.uint8)
+
+
+def test_masks_mixing_binary_and_instance_ids_are_refused_naming_them(
+    data_maker: DataMaker,
+) -> None:
+    from matseg.datasets.infer import infer_encoding
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        data_maker.mask(f"m{i}.png", _binary(rng))
+    ids = np.zeros((32, 32), np.uint8)
+    ids[2:10, 2:10], ids[12:20, 12:20], ids[22:30, 4:12] = 1, 2, 3  # instances 1..3 (< 128)
+    data_maker.mask("ids_a.png", ids)
+    data_maker.mask("ids_b.png", ids)
+    guess = infer_encoding(sorted(data_maker.masks.iterdir()))
+    assert guess.encoding is None, guess.reason
+    assert "8 of 10 sampled read as binary, 2 differ" in guess.reason
+    assert "ids_a.png (indices, values [0, 1, 2, 3])" in guess.reason and "ids_b.png" in guess.reason
+
+
+def test_anti_aliased_masks_are_counted_one_by_one(data_maker: DataMaker) -> None:
+    from matseg.datasets.infer import infer_encoding
+
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        data_maker.mask(f"m{i}.png", _binary(rng))
+    for i in range(2):
+        soft = _binary(rng)
+        soft[0, :6] = [30, 60, 90, 120, 150, 180]  # an anti-aliased edge
+        data_maker.mask(f"soft{i}.png", soft)
+    guess = infer_encoding(sorted(data_maker.masks.iterdir()))
+    assert guess.encoding is not None and guess.encoding.type == "threshold"
+    assert "in 2 of 10 sampled masks (the rest binary)" in guess.reason
+
+
+def test_colour_beside_grey_masks_is_refused(data_maker: DataMaker) -> None:
+    from matseg.datasets.infer import infer_encoding
+
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        data_maker.mask(f"m{i}.png", _binary(rng))
+    colour = np.zeros((32, 32, 3), np.uint8)
+    colour[:16, :, 0] = 255
+    data_maker.mask("overlay.png", colour)
+    guess = infer_encoding(sorted(data_maker.masks.iterdir()))
+    assert guess.encoding is None and "overlay.png (colour" in guess.reason

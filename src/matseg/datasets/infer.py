@@ -53,19 +53,79 @@ def _is_grey(raw: np.ndarray) -> bool:
     )
 
 
+# How one mask reads on its own. Readings that one encoding serves together: a binary mask
+# beside anti-aliased or grey-level ones, class indices beside instance ids (ids are indices
+# too); every other mix is two encodings in one dataset, and no guess is safe.
+_TOGETHER = [{"binary", "anti-aliased"}, {"binary", "grey levels"}, {"indices", "instance ids"}]
+
+
+def _top(grey: np.ndarray) -> int:
+    return int(np.iinfo(grey.dtype).max) if np.issubdtype(grey.dtype, np.integer) else 1
+
+
+def mask_reading(raw: np.ndarray) -> tuple[str, list[int]]:
+    """How a single mask reads (colour, fractional, empty, binary, indices, anti-aliased, grey
+    levels, instance ids) and its first stored values, for the one-line report."""
+    if not _is_grey(raw):
+        return "colour", []
+    grey = raw if raw.ndim == 2 else raw[..., 0]
+    values = np.unique(grey)
+    if np.issubdtype(grey.dtype, np.floating):
+        if not (np.all(np.mod(values, 1) == 0) and values.min() >= 0):
+            return "fractional", []
+        values = values.astype(np.int64)
+    vset, top = {int(v) for v in values}, _top(grey)
+    shown = sorted(vset)[:8]
+    if vset <= {0}:
+        return "empty", shown
+    if vset <= {0, top} and top > 1:
+        return "binary", shown
+    if vset <= set(range(MAX_CLASSES)):
+        return "indices", shown
+    if float(((grey == 0) | (grey == top)).mean()) >= 0.9 and top > 1:
+        return "anti-aliased", shown
+    if len(vset) <= MAX_CLASSES and top == 255:
+        return "grey levels", shown
+    return "instance ids", shown
+
+
+def _disagreement(readings: dict[Path, tuple[str, list[int]]]) -> str | None:
+    """None when one encoding can read every mask; else which masks disagree with the
+    majority, with their values."""
+    kinds = {kind for kind, _ in readings.values() if kind != "empty"}
+    if len(kinds) <= 1 or any(kinds <= group for group in _TOGETHER):
+        return None
+    counts = {k: sum(kind == k for kind, _ in readings.values()) for k in kinds}
+    majority = max(counts, key=lambda k: counts[k])
+    odd = [(p, kind, v) for p, (kind, v) in readings.items() if kind not in ("empty", majority)]
+    listed = "; ".join(f"{p.name} ({kind}, values {v})" for p, kind, v in odd[:4])
+    more = f" and {len(odd) - 4} more" if len(odd) > 4 else ""
+    return (
+        f"masks that disagree on their encoding: {counts[majority]} of {len(readings)} sampled "
+        f"read as {majority}, {len(odd)} differ: {listed}{more}; write the spec's 'encoding' "
+        "(or re-export those masks) rather than have matseg guess"
+    )
+
+
 def infer_encoding(mask_paths: list[Path], n_sample: int = 24) -> Inference:
-    """Look at up to ``n_sample`` masks and choose an encoding, with the evidence."""
+    """Look at up to ``n_sample`` masks, each on its own, and choose an encoding with the
+    evidence; masks that need different encodings are refused, naming them."""
     sample = _sample(mask_paths, n_sample)
     if not sample:
         return Inference(None, None, "no mask files to infer an encoding from")
-    raws = []
+    raws, readings = [], {}
     for path in sample:
         try:
-            raws.append(read_array(path))
+            raw = read_array(path)
         except DataError:
             continue  # the loader reports every unreadable mask; infer from the readable ones
+        raws.append(raw)
+        readings[path] = mask_reading(raw)
     if not raws:
         return Inference(None, None, "none of the sampled masks could be read")
+    disagreement = _disagreement(readings)
+    if disagreement is not None:
+        return Inference(None, None, disagreement)
     where = f"{len(sample)} of {len(mask_paths)} masks"
     if not all(_is_grey(r) for r in raws):
         colours: dict[tuple[int, int, int], int] = {}
@@ -104,7 +164,7 @@ def infer_encoding(mask_paths: list[Path], n_sample: int = 24) -> Inference:
                 "thresholded at 0.5 (bright = foreground)",
             )
     values = np.unique(np.concatenate([np.unique(g) for g in greys]))
-    top = int(np.iinfo(greys[0].dtype).max) if np.issubdtype(greys[0].dtype, np.integer) else 1
+    top = _top(greys[0])
     vset = {int(v) for v in values}
     shown = sorted(vset)[:10]
     if vset <= {0, top} and top > 1:
@@ -125,11 +185,14 @@ def infer_encoding(mask_paths: list[Path], n_sample: int = 24) -> Inference:
     extreme = sum(int(((g == 0) | (g == top)).sum()) for g in greys)
     if extreme / total >= 0.9 and top > 1:
         mid = (top + 1) / 2
+        levels = sum(kind == "anti-aliased" for kind, _ in readings.values())
+        rest = " (the rest binary)" if levels < len(readings) else ""
         return Inference(
             ThresholdEncoding(threshold=mid, polarity="bright"),
             ["background", "foreground"],
-            f"{len(vset)} grey levels in {where}, {extreme / total:.0%} of pixels at 0 or {top}: "
-            f"anti-aliased binary, thresholded at {mid:g} (bright = foreground)",
+            f"{len(vset)} grey levels in {levels} of {len(readings)} sampled masks{rest}, "
+            f"{extreme / total:.0%} of pixels at 0 or {top}: anti-aliased binary, "
+            f"thresholded at {mid:g} (bright = foreground)",
         )
     if len(vset) <= MAX_CLASSES and top == 255:
         ordered = sorted(vset)

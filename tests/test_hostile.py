@@ -425,3 +425,23 @@ def test_colour_beside_grey_masks_is_refused(data_maker: DataMaker) -> None:
     data_maker.mask("overlay.png", colour)
     guess = infer_encoding(sorted(data_maker.masks.iterdir()))
     assert guess.encoding is None and "overlay.png (colour" in guess.reason
+
+
+def test_a_colour_the_table_forgot_is_an_error_not_the_default_class(
+    data_maker: DataMaker,
+) -> None:
+    from matseg.datasets.masks import MaskInput, decode_mask
+    from matseg.datasets.spec import ColourEncoding
+
+    overlay = np.repeat(data_maker.noise()[..., None], 3, axis=-1)  # the grey micrograph
+    overlay[4:12, 4:12] = (255, 0, 0)  # listed
+    overlay[16:30, 16:30] = (0, 255, 0)  # forgotten: saturated green over 19% of the mask
+    enc = ColourEncoding.model_validate({"colours": [{"rgb": [255, 0, 0], "class_id": 1}]})
+    with pytest.raises(DataError) as caught:
+        decode_mask(enc, MaskInput("m.png", raw=overlay))
+    line = _one_line(caught.value)
+    assert line.startswith("m.png: ") and "rgb (0, 255, 0) on 19.1%" in line
+    overlay[16:30, 16:30] = (128, 128, 128)  # grey: the micrograph, the default class
+    assert decode_mask(enc, MaskInput("m.png", raw=overlay))[20, 20] == 0
+    overlay[0, 0] = (0, 255, 0)  # a trace (one pixel of 1024) stays a trace
+    assert decode_mask(enc, MaskInput("m.png", raw=overlay))[0, 0] == 0

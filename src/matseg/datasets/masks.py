@@ -190,10 +190,38 @@ def decode_colour(enc: ColourEncoding, inp: MaskInput, ignore_index: int) -> np.
         raise DataError(inp.where, "8- or 16-bit colour mask", f"dtype {rgb.dtype}")
     rgb = rgb.astype(np.int32)
     out = np.full(rgb.shape[:2], enc.default_class, dtype=np.int64)
+    listed = np.zeros(rgb.shape[:2], dtype=bool)
     for colour in enc.colours:
         hit = np.all(np.abs(rgb - np.asarray(colour.rgb)) <= enc.tolerance, axis=-1)
         out[hit] = colour.class_id
+        listed |= hit
+    _refuse_unlisted_colours(rgb, listed, inp.where)
     return out
+
+
+UNLISTED_TRACE = 0.001  # an unlisted colour on more than 0.1% of a mask's pixels is reported
+CHROMA = 16  # max - min channel above this: a colour, not the grey micrograph under an overlay
+
+
+def _refuse_unlisted_colours(rgb: np.ndarray, listed: np.ndarray, where: str) -> None:
+    """An overlay's unlisted pixels become the default class: right for the grey micrograph
+    beneath it, silently wrong for a colour the table forgot (green particles read as matrix).
+    Colours not in the table that cover more than a trace of the mask are an error."""
+    chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
+    odd = ~listed & (chroma > CHROMA)
+    if odd.mean() <= UNLISTED_TRACE:
+        return
+    colours, counts = np.unique(rgb[odd], axis=0, return_counts=True)
+    order = np.argsort(-counts)[:3]
+    found = ", ".join(
+        f"rgb {tuple(int(c) for c in colours[i])} on {counts[i] / odd.size:.1%}" for i in order
+    )
+    raise DataError(
+        where,
+        "only the table's colours (and the grey micrograph) in a colour overlay",
+        f"unlisted colours: {found} of the pixels",
+        "add each to 'colours' with the class it marks (class_id = default_class keeps it so)",
+    )
 
 
 def decode_threshold(enc: ThresholdEncoding, inp: MaskInput, ignore_index: int) -> np.ndarray:

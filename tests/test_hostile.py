@@ -445,3 +445,43 @@ def test_a_colour_the_table_forgot_is_an_error_not_the_default_class(
     assert decode_mask(enc, MaskInput("m.png", raw=overlay))[20, 20] == 0
     overlay[0, 0] = (0, 255, 0)  # a trace (one pixel of 1024) stays a trace
     assert decode_mask(enc, MaskInput("m.png", raw=overlay))[0, 0] == 0
+
+
+# --- what `run` refuses, `profile validate`, `plan` and `datasets check` refuse first ---------
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ({"encoders": ["resnet1800"]}, "encoder"),
+        ({"encoders": ["tu-not_a_timm_model"]}, "encoder"),
+        ({"decoders": ["unett"]}, "decoder"),
+        ({"weights": "imagenett"}, "weights"),
+        ({"weights": "missing/weights.safetensors"}, "weights"),
+        ({"weights_url": "https://example.org/w.pt"}, "weights_url"),
+    ],
+)
+@pytest.mark.parametrize("command", ["profile validate", "plan"])
+def test_validate_and_plan_refuse_what_run_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: dict, field: str, command: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    grid = {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"} | model
+    path = tmp_path / "profile.json"
+    root = Path(__file__).resolve().parents[1]
+    path.write_text(json.dumps(PROFILE | {"datasets": [str(root / "examples" / "nasa-super.json")],
+                                          "model": grid}))  # fmt: skip
+    result = _cli(*command.split(), str(path))
+    assert result.exit_code != 0
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert f"{field}: expected" in line, line
+
+
+def test_dataset_check_refuses_images_that_mix_grey_and_rgb(data_maker: DataMaker) -> None:
+    data_maker.good(6)
+    data_maker.image("good0.png", np.repeat(data_maker.noise()[..., None], 3, -1) // 2 * 2 + 1)
+    data_maker.image("good1.png", data_maker.noise((32, 32, 3)))
+    spec = data_maker.spec_file(encoding={"type": "index"})
+    result = _cli("datasets", "check", str(spec))
+    assert result.exit_code != 0 and "verdict: usable" not in result.output
+    assert "4 images with 1 channel(s) and 2 with 3 (e.g. good0)" in result.output

@@ -297,6 +297,8 @@ def profile_schema() -> None:
 @profile_app.command("validate")
 def profile_validate(profile: Annotated[Path, typer.Argument(help="Profile JSON.")]) -> None:
     """Explain every error of a profile: field path, what was expected, what was found."""
+    from matseg.errors import MatsegError
+    from matseg.plan import check_model_grid
     from matseg.profile import Profile, profile_problems, read_profile_json, resolve_datasets
 
     with _friendly_errors():
@@ -306,6 +308,10 @@ def profile_validate(profile: Annotated[Path, typer.Argument(help="Profile JSON.
             loaded = Profile.model_validate(data)
             loaded._base_dir = profile.resolve().parent
             specs = resolve_datasets(loaded)
+            try:  # what `run` would refuse once the data is read, refused now
+                check_model_grid(loaded.model)
+            except MatsegError as exc:
+                problems = [f"model.{exc.line()}"]
     if problems:
         for line in problems:
             err.print(f"[red]error[/]: {profile}: {line}", highlight=False, soft_wrap=True)

@@ -20,10 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from matseg.datasets.digest import data_digest
 from matseg.datasets.spec import DatasetSpec
-from matseg.models import normalise_decoder
+from matseg.models import normalise_decoder, normalise_encoder, resolve_weights
 from matseg.profile import (
     Evaluation,
     Explain,
+    ModelGrid,
     Profile,
     QualityControl,
     Training,
@@ -218,6 +219,16 @@ def plan_folds(evaluation: Evaluation) -> list[CvFold | None]:
     ]
 
 
+def check_model_grid(model: ModelGrid) -> None:
+    """What building the models would refuse, refused before any data is read: an unknown
+    encoder or decoder, an unknown weights name or a missing weights file (one line each)."""
+    for encoder in model.encoders:
+        normalise_encoder(encoder)
+    for decoder in model.decoders:
+        normalise_decoder(decoder)
+    resolve_weights(model.weights, model.weights_url)
+
+
 def compile_plan(
     profile: Profile, specs: list[DatasetSpec] | None = None, digest_cache: Path | None = None
 ) -> Plan:
@@ -227,6 +238,7 @@ def compile_plan(
     Each dataset's files are digested once (content hashes cached in ``digest_cache``, default
     the matseg cache folder), so the hashes follow the data, not its mount point.
     """
+    check_model_grid(profile.model)
     specs = specs if specs is not None else resolve_datasets(profile)
     jobs = []
     for spec in specs:

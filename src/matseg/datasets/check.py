@@ -180,6 +180,7 @@ def inspect_dataset(
         if progress is not None:
             progress(n + 1, len(found.items))
     result.problems.extend(_class_problems(spec, result.stats))
+    result.problems.extend(_channel_problems(spec, result.stats))
     if not good:
         result.problems.append(
             Problem(
@@ -238,6 +239,27 @@ def _class_problems(spec: DatasetSpec, stats: dict[str, ItemStats]) -> list[Prob
             )
         )
     return problems
+
+
+def _channel_problems(spec: DatasetSpec, stats: dict[str, ItemStats]) -> list[Problem]:
+    """Images of one dataset with different channel counts (grey beside RGB) cannot share a
+    model's first layer: an error here, before training would refuse them."""
+    by_count: dict[int, list[str]] = {}
+    for key, s in stats.items():
+        by_count.setdefault(s.channels, []).append(key)
+    if len(by_count) <= 1:
+        return []
+    common = max(by_count, key=lambda c: len(by_count[c]))
+    odd = ", ".join(f"{len(keys)} with {c} (e.g. {keys[0]})" for c, keys in sorted(by_count.items())
+                    if c != common)  # fmt: skip
+    return [
+        Problem(
+            "error",
+            f"{spec.name}: images",
+            f"one channel count for every image; found {len(by_count[common])} images with "
+            f"{common} channel(s) and {odd}: save them all grey or all RGB",
+        )
+    ]
 
 
 def _class_name(spec: DatasetSpec, class_id: int) -> str:

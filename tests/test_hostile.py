@@ -485,3 +485,41 @@ def test_dataset_check_refuses_images_that_mix_grey_and_rgb(data_maker: DataMake
     result = _cli("datasets", "check", str(spec))
     assert result.exit_code != 0 and "verdict: usable" not in result.output
     assert "4 images with 1 channel(s) and 2 with 3 (e.g. good0)" in result.output
+
+
+# --- training that diverges -------------------------------------------------------------------
+
+
+def test_a_job_whose_loss_is_not_finite_fails_and_leaves_no_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matseg.datasets.synthetic import write_synthetic_dataset
+    from matseg.errors import TrainingError
+    from matseg.pipeline import run
+    from matseg.training import SegmentationModule
+
+    write_synthetic_dataset(tmp_path / "data", kind="particles", n_images=12, size=64, seed=0)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({
+        "name": "diverges", "datasets": ["data/dataset.json"],
+        "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
+        "training": {"batch_size": 4, "max_epochs": 3, "patch_size": 64, "learning_rate": 1e3},
+        "evaluation": {"protocol": "holdout"},
+    }))  # fmt: skip
+    loss = SegmentationModule._loss
+    steps = []
+
+    def nan_on_the_third_batch(self: Any, logits: Any, target: Any) -> Any:
+        steps.append(1)
+        value = loss(self, logits, target)
+        return value * float("nan") if len(steps) >= 3 else value
+
+    monkeypatch.setattr(SegmentationModule, "_loss", nan_on_the_third_batch)
+    with pytest.raises(TrainingError) as caught:
+        run(load_profile(path), tmp_path / "runs", progress_bar=False)
+    line = _one_line(caught.value)
+    assert "expected a finite training loss, found loss nan at epoch" in line
+    assert "learning rate 1000" in line and "--resume" in line
+    assert len(steps) == 3  # stopped at once: no further batch was trained
+    assert not list((tmp_path / "runs").glob("*/jobs/*/metrics.json"))
+    assert not list((tmp_path / "runs").glob("*/results.csv"))

@@ -68,6 +68,10 @@ class DownloadError(MatsegError):
     """A catalog download failed or a downloaded file does not match its checksum."""
 
 
+class TrainingError(MatsegError):
+    """Training went wrong in a way a result must never hide (a loss that is not finite)."""
+
+
 class ModelError(MatsegError):
     """A model cannot be built as asked, or requested weights cannot be found or loaded."""
 

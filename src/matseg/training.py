@@ -31,6 +31,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from matseg import metrics
 from matseg.atomic import write_json
 from matseg.datasets.dataset import MicrographDataset, Sample
+from matseg.errors import TrainingError
 from matseg.profile import Training
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ class SegmentationModule(L.LightningModule):
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
+        self.diverged: dict[str, Any] | None = None  # where the loss first was not finite
         self._epoch_losses: list[float] = []
         self._epoch_start = time.perf_counter()
         self._epoch_lr = learning_rate
@@ -217,7 +219,12 @@ class SegmentationModule(L.LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = self._loss(self.model(x), y)
-        self._epoch_losses.append(float(loss.detach()))
+        value = float(loss.detach())
+        if not math.isfinite(value):  # diverged: stop now, never let NaN weights into results
+            self.diverged = {"epoch": self.current_epoch, "step": batch_idx, "loss": str(value)}
+            self.trainer.should_stop = True
+            return None  # no backward pass, no optimiser step
+        self._epoch_losses.append(value)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -297,6 +304,7 @@ class SegmentationModule(L.LightningModule):
         else:
             stopped = "max epochs"
         self.outcome = {
+            "diverged": self.diverged,
             "best_state": self.best_state,
             "best_iou": self.best_iou,
             "best_epoch": self.best_epoch,
@@ -581,6 +589,16 @@ def fit(
                 _log_epoch(entry)
         if outcome is None:
             raise RuntimeError(f"training in {log_dir} ended without an outcome from rank 0")
+        if outcome.get("diverged"):
+            d = outcome["diverged"]
+            raise TrainingError(
+                f"job {log_dir.name}",
+                "a finite training loss",
+                f"loss {d['loss']} at epoch {d['epoch']}, batch {d['step']} (learning rate "
+                f"{training.learning_rate:g}, precision {training.precision})",
+                "lower training.learning_rate or use precision 32, then run again with --resume "
+                "(this job has no result, so it is trained again)",
+            )
         if outcome["best_state"] is not None:
             module.model.load_state_dict(outcome["best_state"])
         model_out = module.model.cpu().to(memory_format=torch.contiguous_format)

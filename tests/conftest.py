@@ -1,10 +1,16 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the suite's own environment."""
 
 from __future__ import annotations
 
+import os
+
+# The suite never downloads: the model hub is offline before anything imports huggingface_hub
+# (it reads the switch once, at import), whatever the shell that runs pytest exports.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import io
 import json
-import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,22 @@ import tifffile
 from PIL import Image
 
 from matseg.datasets.spec import DatasetSpec, spec_from_dict
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every network connection attempted while the test runs (the address), so a test can
+    show that a failure came before any network attempt, or after one probe: "fails fast"
+    measured by what was tried, not by a wall clock that depends on the machine."""
+    attempts: list[Any] = []
+    connect = socket.socket.connect
+
+    def recording(self: socket.socket, address: Any) -> Any:
+        attempts.append(address)
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", recording)
+    return attempts
 
 
 @pytest.fixture(scope="session", autouse=True)

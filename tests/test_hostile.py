@@ -396,7 +396,8 @@ def test_masks_mixing_binary_and_instance_ids_are_refused_naming_them(
     guess = infer_encoding(sorted(data_maker.masks.iterdir()))
     assert guess.encoding is None, guess.reason
     assert "8 of 10 sampled read as binary, 2 differ" in guess.reason
-    assert "ids_a.png (indices, values [0, 1, 2, 3])" in guess.reason and "ids_b.png" in guess.reason
+    assert "ids_a.png (indices, values [0, 1, 2, 3])" in guess.reason
+    assert "ids_b.png" in guess.reason
 
 
 def test_anti_aliased_masks_are_counted_one_by_one(data_maker: DataMaker) -> None:

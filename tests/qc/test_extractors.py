@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,11 +74,9 @@ def test_efficientnet_lite0_works_offline() -> None:
 
 
 def test_pretrained_extractors_fail_fast_offline(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, connections: list[Any]
 ) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
-    start = time.perf_counter()
     with pytest.raises(ModelError, match="pretrained weights on disk"):
         make_extractor("timm:resnet18", ExtractorContext())
     with pytest.raises(ModelError, match="missing"):
@@ -88,7 +86,7 @@ def test_pretrained_extractors_fail_fast_offline(
     for name in ("clip-vit-b32", "dinov2-base", "vit-msn-base"):
         with pytest.raises(ModelError, match=name):
             make_extractor(name, ExtractorContext())
-    assert time.perf_counter() - start < 30
+    assert connections == []  # offline: decided before any network attempt
 
 
 def test_timm_extractor_from_a_local_file(tmp_path: Path) -> None:

@@ -8,7 +8,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -524,3 +528,44 @@ def test_a_job_whose_loss_is_not_finite_fails_and_leaves_no_result(
     assert len(steps) == 3  # stopped at once: no further batch was trained
     assert not list((tmp_path / "runs").glob("*/jobs/*/metrics.json"))
     assert not list((tmp_path / "runs").glob("*/results.csv"))
+
+
+# --- signals: Ctrl-C and a scheduler's SIGTERM stop the run, which stays resumable ------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_cleanly_and_it_resumes(tmp_path: Path, sig: int) -> None:
+    from matseg.datasets.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", kind="particles", n_images=12, size=64, seed=0)
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({
+        "name": "signals", "datasets": ["data/dataset.json"],
+        "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
+        "training": {"batch_size": 4, "max_epochs": 3, "patch_size": 64, "crops_per_epoch": 48},
+        "evaluation": {"protocol": "holdout"},
+    }))  # fmt: skip
+    command = [sys.executable, "-m", "matseg", "run", str(profile), "--out", str(tmp_path / "r")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):  # until the job's training has begun (its first epoch logged)
+        logs = list((tmp_path / "r").glob("*/jobs/*/log.txt"))
+        if logs and "epoch" in logs[0].read_text():
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    try:
+        _, stderr = proc.communicate(timeout=120)  # bounded: a `timeout` around it works
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{signal.Signals(sig).name} did not stop the run")
+    assert proc.returncode == 128 + sig, stderr[-2000:]
+    assert f"stopped by {signal.Signals(sig).name}" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    folder = next((tmp_path / "r").iterdir())
+    assert not (folder / ".lock").exists() and not list(folder.rglob("*.tmp"))
+    assert not list(folder.glob("jobs/*/metrics.json"))  # stopped before its last epoch
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "trained 1, reused 0" in resumed.stdout and folder.name in resumed.stdout
+    assert "took over a stale lock" not in resumed.stderr  # the stopped run released it

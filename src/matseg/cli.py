@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,10 +47,53 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM (a scheduler's preemption, ``timeout``), raised in the main thread so
+    every layer unwinds: the run's lock is released, temporary files are removed, and no file
+    is left half-written (each is a temporary file and a rename). A BaseException, so no
+    ``except Exception`` on the way swallows it; Lightning re-raises it after its teardown."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """The first SIGINT or SIGTERM stops the command cleanly; the handlers before it come
+    back at once, so a second signal acts as it always does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum: int, frame: object) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise Interrupted(signum)
+
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @contextmanager
 def _friendly_errors() -> Iterator[None]:
     try:
-        yield
+        with _stop_on_signals():
+            yield
+    except Interrupted as exc:
+        err.print(
+            f"[bold red]stopped[/] by {exc}: the work finished so far is kept; run the same "
+            "command again to continue (matseg run: add --resume; it reuses every finished job)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(128 + exc.signum) from None
     except UserError as exc:
         err.print(f"[bold red]error[/]: {exc.line()}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -354,6 +354,8 @@ def test_every_command_on_a_damaged_run_folder_says_one_line(
         if result.exit_code != 0:
             errors = [line for line in result.output.splitlines() if line.startswith("error:")]
             assert len(errors) == 1, (name, result.output)
+        if "model" in file and name == "predict":  # the remedy is to train the job again
+            assert "matseg run PROFILE --resume" in result.output and "re-save" not in result.output
 
 
 # --- files others on a shared filesystem can read ---------------------------------------------
@@ -569,3 +571,47 @@ def test_a_signal_stops_the_run_cleanly_and_it_resumes(tmp_path: Path, sig: int)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "trained 1, reused 0" in resumed.stdout and folder.name in resumed.stdout
     assert "took over a stale lock" not in resumed.stderr  # the stopped run released it
+
+
+# --- messages that said the wrong thing --------------------------------------------------------
+
+
+def test_a_value_missing_from_the_table_is_named_with_its_share() -> None:
+    from matseg.datasets.masks import MaskInput, decode_mask
+    from matseg.datasets.spec import IndexEncoding
+
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:5] = 255
+    mask[0, :3] = 128
+    with pytest.raises(DataError) as caught:
+        decode_mask(IndexEncoding(values={0: 0, 255: 1}), MaskInput("m.png", raw=mask))
+    line = _one_line(caught.value)
+    assert "expected only the values the encoding's table lists (0, 255)" in line
+    assert "found value(s) 128 on 3.0% of the pixels" in line and "'values'" in line
+
+
+def test_a_folder_where_a_file_belongs_is_called_a_folder(tmp_path: Path) -> None:
+    from matseg.errors import read_json
+    from matseg.models import read_state
+
+    (tmp_path / "spec.json").mkdir()
+    (tmp_path / "image.png").mkdir()
+    (tmp_path / "w.safetensors").mkdir()
+    for call in (lambda: read_json(tmp_path / "spec.json", "a spec"),
+                 lambda: read_array(tmp_path / "image.png"),
+                 lambda: read_state(tmp_path / "w.safetensors")):  # fmt: skip
+        with pytest.raises(UserError) as caught:
+            call()
+        assert "found a folder, not a file" in _one_line(caught.value)
+
+
+@pytest.mark.parametrize(("roi", "found"), [("8,8,8,20", "height 0"), ("8,20,30,4", "width -16")])
+def test_an_empty_region_is_called_empty_not_outside(roi: str, found: str) -> None:
+    from matseg.datasets.spec import spec_from_dict
+    from matseg.explain.roi import ExplainInput, region_of_interest
+
+    target = ExplainInput(Path("x.png"), np.zeros((1, 32, 32), np.float32), (32, 32), (0, 0, 0, 0))
+    with pytest.raises(DataError) as caught:
+        region_of_interest(roi, target, spec_from_dict({"name": "d"}))
+    line = _one_line(caught.value)
+    assert "expected a box with y0 < y1 and x0 < x1" in line and found in line

@@ -52,12 +52,17 @@ class SpecError(MatsegError):
     """A field of a dataset spec (or other JSON the user wrote) is wrong."""
 
 
+def not_a_file(path: Path) -> str:
+    """What stands at a path where a file was expected: a folder, or nothing."""
+    return "a folder, not a file" if Path(path).is_dir() else "no such file"
+
+
 def read_json(
     path: Path, what: str, error: type[MatsegError] = DataError, hint: str = "check the path"
 ) -> Any:
     """A JSON file's content; a missing, undecodable or malformed file is one ``error`` line."""
     if not path.is_file():
-        raise error(str(path), what, "no such file", hint)
+        raise error(str(path), what, not_a_file(path), hint)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -34,7 +34,7 @@ from torch import nn
 
 from matseg.atomic import write_bytes
 from matseg.datasets.catalog import default_cache_dir
-from matseg.errors import ModelError
+from matseg.errors import ModelError, not_a_file
 
 TIMM_PREFIX = "tu-"
 LITE0_ENCODER = "tu-tf_efficientnet_lite0"
@@ -396,7 +396,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     where = str(path)
     if not path.is_file():
-        raise ModelError(where, "an existing weights file", "no such file")
+        raise ModelError(where, "an existing weights file", not_a_file(path))
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":

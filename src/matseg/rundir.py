@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matseg.atomic import write_bytes, write_csv, write_json
-from matseg.errors import MatsegError, SpecError
+from matseg.errors import MatsegError, SpecError, not_a_file
 from matseg.fields import first_problem
 from matseg.plan import Plan, run_hash
 from matseg.profile import Profile, QualityControl
@@ -84,7 +84,7 @@ def _inside(base: Path, name: str, what: str) -> Path:
 def _json(path: Path, what: str) -> Any:
     """A JSON file of the run; missing or damaged is one line with the path."""
     if not path.is_file():
-        raise RunFolderError(str(path), what, "no such file", "is this a run folder?")
+        raise RunFolderError(str(path), what, not_a_file(path), "is this a run folder?")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

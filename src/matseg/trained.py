@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from matseg.decision import decide_run, recommended_combinations
-from matseg.errors import SpecError
+from matseg.errors import ModelError, SpecError
 from matseg.job import PreparedData, prepare_for_job
 from matseg.models import FoldEnsemble, load_trained_model
 from matseg.plan import Job
@@ -111,13 +111,23 @@ def choose_result(
     )
 
 
-def load_model(run: RunDir, result: JobResult) -> torch.nn.Module:
-    """The job's trained model (eval mode), without reading its dataset."""
+def load_model(run: RunDir, result: JobResult, in_channels: int | None = None) -> torch.nn.Module:
+    """The job's trained model (eval mode), without reading its dataset. A missing or damaged
+    weights file says how to train the job again."""
     job = result.job
-    return load_trained_model(
-        job.encoder, job.decoder, len(result.classes), run.weights_file(job.hash),
-        result.in_channels,
-    )  # fmt: skip
+    try:
+        return load_trained_model(
+            job.encoder, job.decoder, len(result.classes), run.weights_file(job.hash),
+            result.in_channels or in_channels,
+        )  # fmt: skip
+    except ModelError as exc:
+        raise ModelError(
+            exc.where,
+            "the trained model of a finished job",
+            exc.found,
+            f"delete {run.metrics_file(job.hash)} and run `matseg run PROFILE --resume`: "
+            "it trains this job again",
+        ) from None
 
 
 def fold_members(run: RunDir, name: str | None = None) -> list[JobResult]:
@@ -157,8 +167,5 @@ def load_trained(
         return TrainedJob(run, result.job, result, model, data, list(members))
     result = choose_result(run, job)
     data = data if data is not None else prepare_for_job(result.job, run)
-    model = load_trained_model(
-        result.job.encoder, result.job.decoder, len(result.classes),
-        run.weights_file(result.job.hash), result.in_channels or data.in_channels,
-    )  # fmt: skip
+    model = load_model(run, result, data.in_channels)
     return TrainedJob(run, result.job, result, model, data)

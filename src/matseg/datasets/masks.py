@@ -169,7 +169,13 @@ def decode_index(enc: IndexEncoding, inp: MaskInput, ignore_index: int) -> np.nd
             unmapped &= out != value
         if unmapped.any():
             vals = np.unique(out[unmapped])[:8].tolist()
-            raise DataError(inp.where, f"mask values in {sorted(enc.values)}", f"values {vals}")
+            share, listed = float(unmapped.mean()), ", ".join(map(str, sorted(enc.values)))
+            raise DataError(
+                inp.where,
+                f"only the values the encoding's table lists ({listed})",
+                f"value(s) {', '.join(map(str, vals))} on {share:.1%} of the pixels",
+                "add them to the encoding's 'values' (or 'ignore_values')",
+            )
         return table
     for value in enc.ignore_values:
         out[grey == value] = ignore_index

@@ -19,7 +19,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from matseg.datasets.afm import AFM_EXTENSIONS
-from matseg.errors import DataError
+from matseg.errors import DataError, not_a_file
 
 Reader = Callable[[Path], np.ndarray]
 
@@ -66,7 +66,7 @@ def _own_size_check() -> Iterator[None]:
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise DataError(str(path), "an image file", "no such file", "check the path in the spec")
+        raise DataError(str(path), "an image file", not_a_file(path), "check the path in the spec")
     if path.stat().st_size == 0:
         raise DataError(str(path), "an image file", "a zero-byte file", "re-export or remove it")
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from matseg.datasets.discover import Item, Problem
 from matseg.datasets.spec import DatasetSpec
-from matseg.errors import DataError, read_json
+from matseg.errors import DataError, not_a_file, read_json
 
 SPLITS = ("train", "val", "test")
 _ALIASES = {
@@ -84,7 +84,7 @@ def random_group_split(
 def _read_manifest(path: Path, spec: DatasetSpec) -> dict[str, str]:
     """A manifest file -> {file name or stem: split name}."""
     if not path.is_file():
-        raise DataError(str(path), "a split manifest", "no such file", "fix split.manifest")
+        raise DataError(str(path), "a split manifest", not_a_file(path), "fix split.manifest")
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))

@@ -98,7 +98,13 @@ def region_of_interest(roi: str | None, target: ExplainInput, spec: DatasetSpec)
     box = _BOX.match(roi)
     if box:
         y0, x0, y1, x1 = (int(v) for v in box.groups())
-        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+        if y1 <= y0 or x1 <= x0:
+            raise DataError(
+                f"--roi {roi}",
+                "a box with y0 < y1 and x0 < x1",
+                f"height {y1 - y0}, width {x1 - x0}",
+            )
+        if not (y0 >= 0 and y1 <= h and x0 >= 0 and x1 <= w):
             raise DataError(f"--roi {roi}", f"y0,x0,y1,x1 inside the {h}x{w} image", roi)
         region = np.zeros((h, w), dtype=bool)
         region[y0:y1, x0:x1] = True

@@ -615,3 +615,36 @@ def test_an_empty_region_is_called_empty_not_outside(roi: str, found: str) -> No
         region_of_interest(roi, target, spec_from_dict({"name": "d"}))
     line = _one_line(caught.value)
     assert "expected a box with y0 < y1 and x0 < x1" in line and found in line
+
+
+# --- precision: auto, bf16 only where it is native ----------------------------------------------
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16-mixed"), (False, "32")])
+def test_precision_auto_resolves_by_the_hardware_and_the_job_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, expected: str
+) -> None:
+    import torch
+
+    from matseg.datasets.synthetic import write_synthetic_dataset
+    from matseg.models import resolve_precision
+    from matseg.plan import compile_plan
+    from matseg.profile import demo_profile, starting_profile
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto") == expected
+    assert resolve_precision("32") == "32" and resolve_precision("bf16-mixed") == "bf16-mixed"
+    assert starting_profile()["training"]["precision"] == "auto"
+    assert demo_profile("examples/nasa-super.json")["training"]["precision"] == "auto"
+    root = Path(__file__).resolve().parents[1]
+    for example in sorted((root / "examples" / "profiles").glob("*.json")):
+        assert json.loads(example.read_text())["training"].get("precision", "32") != "bf16-mixed"
+    write_synthetic_dataset(tmp_path / "d", kind="pores", n_images=8, size=32)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"name": "p", "datasets": ["d/dataset.json"],
+                                "model": {"encoders": ["resnet18"], "weights": "none"},
+                                "training": {"precision": "auto"}}))  # fmt: skip
+    (job, *_) = compile_plan(load_profile(path)).jobs
+    assert job.training.precision == expected  # hashed and recorded as used

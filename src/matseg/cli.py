@@ -675,7 +675,8 @@ def explain_command(
         Literal["probabilities", "mask"], typer.Option(help="Compare probabilities or mask.")
     ] = "probabilities",
     precision: Annotated[
-        Literal["32", "bf16-mixed"], typer.Option(help="32 (exact) or bf16-mixed (faster).")
+        Literal["auto", "32", "bf16-mixed"],
+        typer.Option(help="32 (exact), bf16-mixed (faster), or auto (bf16 where native)."),
     ] = "32",
     compile: Annotated[
         Literal["auto", "on", "off"],
@@ -879,8 +880,8 @@ def predict_command(
     ] = 0.25,
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 8,
     precision: Annotated[
-        Literal["32", "bf16-mixed"] | None,
-        typer.Option(help="32 or bf16-mixed (default: the job's)."),
+        Literal["auto", "32", "bf16-mixed"] | None,
+        typer.Option(help="32, bf16-mixed or auto (bf16 where native; default: the job's)."),
     ] = None,
     axis: Annotated[int, typer.Option(help="Volumes: slice along this axis (0 = z).")] = 0,
     fuse_axes: Annotated[

@@ -95,6 +95,27 @@ class WeightRequest:
 WeightProvider = Callable[[nn.Module, WeightRequest], WeightReport]
 
 
+# --- precision ---------------------------------------------------------------------------------
+
+
+def native_bf16(accelerator: str = "auto") -> bool:
+    """Whether bf16 runs natively here: a CUDA GPU with bf16 (when one is used), else a CPU
+    with AVX512-BF16 or AMX tiles as torch reports them. Elsewhere (AVX2 laptops, most ARM
+    servers) bf16 is emulated and a training step is several times slower than fp32."""
+    if accelerator in ("auto", "gpu") and torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """``auto`` -> ``bf16-mixed`` where bf16 is native, else ``32``; others unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if native_bf16(accelerator) else "32"
+
+
 # --- names -------------------------------------------------------------------------------------
 
 

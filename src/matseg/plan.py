@@ -20,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from matseg.datasets.digest import data_digest
 from matseg.datasets.spec import DatasetSpec
-from matseg.models import normalise_decoder, normalise_encoder, resolve_weights
+from matseg.models import (
+    normalise_decoder,
+    normalise_encoder,
+    resolve_precision,
+    resolve_weights,
+)
 from matseg.profile import (
     Evaluation,
     Explain,
@@ -240,6 +245,8 @@ def compile_plan(
     """
     check_model_grid(profile.model)
     specs = specs if specs is not None else resolve_datasets(profile)
+    t = profile.training
+    training = t.model_copy(update={"precision": resolve_precision(t.precision, t.accelerator)})
     jobs = []
     for spec in specs:
         absolute = spec_with_absolute_root(spec)
@@ -260,7 +267,7 @@ def compile_plan(
                 seed=seed,
                 spec=absolute,
                 data_digest=digest,
-                training=profile.training.model_copy(update={"seeds": [seed]}),
+                training=training.model_copy(update={"seeds": [seed]}),
                 classes=profile.task.classes,
                 fold=fold,
             )

@@ -29,7 +29,10 @@ from matseg.selection import TIE_MARGIN
 
 Difficulty = Literal["Easy", "Moderate", "Hard", "Very Hard"]
 Loss = Literal["ce", "dice", "ce+dice"]
-Precision = Literal["32", "bf16-mixed"]
+# "auto": bf16 autocast where the hardware runs it natively (a CPU with AVX512-BF16 or AMX, a
+# GPU with bf16), fp32 elsewhere (emulated bf16 is many times slower); resolved when the plan is
+# compiled, so a job's hash and its results hold the precision it actually used.
+Precision = Literal["auto", "32", "bf16-mixed"]
 METRICS = ("iou", "dice", "pixel_accuracy", "weighted_iou")
 
 
@@ -400,7 +403,8 @@ def starting_profile(dataset: str = "examples/nasa-super.json") -> dict[str, Any
         },
         "training": {
             "$comment": "Paper defaults: batch 16, Adam 1e-4, cosine annealing, early stopping "
-            "patience 20 on validation IoU. On CPU, bf16-mixed roughly halves step time. Budget "
+            "patience 20 on validation IoU. precision auto: bf16 where the hardware runs it "
+            "natively (about half the step time), fp32 elsewhere. Budget "
             "in epochs (max_epochs), not minutes: the same profile then gives the same numbers "
             "on any machine.",
             "batch_size": 16,
@@ -409,7 +413,7 @@ def starting_profile(dataset: str = "examples/nasa-super.json") -> dict[str, Any
             "patience": 20,
             "patch_size": 256,
             "loss": "ce+dice",
-            "precision": "bf16-mixed",
+            "precision": "auto",
             "seeds": [0],
         },
         "evaluation": {
@@ -439,12 +443,13 @@ def demo_profile(
     folds: int = 3,
 ) -> dict[str, Any]:
     """The quickstart's profile (``matseg demo``): the starting profile with two of the paper's
-    decoders on a small pretrained encoder, sized for a laptop CPU (bf16, 96 px patches, an
-    epoch budget), compared by ``folds``-fold cross-validation."""
+    decoders on a small pretrained encoder, sized for a laptop CPU (precision auto, 96 px
+    patches, an epoch budget), compared by ``folds``-fold cross-validation."""
     profile = starting_profile(dataset)
     profile["$comment"] = (
         "Written by 'matseg demo': the paper protocol on synthetic micrographs, sized for a "
-        "laptop CPU (bf16, 96 px patches, an epoch budget), with 3-fold cross-validation."
+        "laptop CPU (precision auto, 96 px patches, an epoch budget), with 3-fold "
+        "cross-validation."
     )
     profile["name"] = "demo"
     profile["description"] = "matseg quickstart on generated micrographs"

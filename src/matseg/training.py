@@ -32,6 +32,7 @@ from matseg import metrics
 from matseg.atomic import write_json
 from matseg.datasets.dataset import MicrographDataset, Sample
 from matseg.errors import TrainingError
+from matseg.models import resolve_precision
 from matseg.profile import Training
 
 log = logging.getLogger(__name__)
@@ -496,7 +497,8 @@ def _tensors_shared_by_file(spawning: bool) -> Iterator[None]:
 def uses_channels_last(training: Training) -> bool:
     """The profile's channels_last, defaulting to on with bf16 (where it pays on CPU)."""
     value = training.channels_last
-    return training.precision == "bf16-mixed" if value is None else bool(value)
+    precision = resolve_precision(training.precision, training.accelerator)
+    return precision == "bf16-mixed" if value is None else bool(value)
 
 
 # --- one job ------------------------------------------------------------------------------------
@@ -564,7 +566,7 @@ def fit(
         trainer = L.Trainer(
             accelerator=training.accelerator,
             **where,
-            precision=training.precision,
+            precision=resolve_precision(training.precision, training.accelerator),
             max_epochs=training.max_epochs,
             max_time={"minutes": training.max_minutes} if training.max_minutes else None,
             callbacks=[stopper, _NewEpochCrops(crops)],

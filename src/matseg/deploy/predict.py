@@ -32,6 +32,7 @@ from matseg.datasets.readers import (
 from matseg.datasets.spec import DatasetSpec
 from matseg.deploy.sliding import pad_to_patch, predict_tiled, tiles_per_image
 from matseg.errors import DataError
+from matseg.models import resolve_precision
 from matseg.quantities import GRAIN_QUANTITIES, Scale, default_quantities, mean_ci, measure_many
 from matseg.rundir import QC_FILE, RunDir, mask_png
 from matseg.trained import TrainedJob, load_trained
@@ -356,7 +357,7 @@ def predict_inputs(
         patch=trained.job.training.patch_size or 256,
         overlap=o.overlap,
         batch_size=o.batch_size,
-        precision=o.precision or trained.job.training.precision,
+        precision=resolve_precision(o.precision or trained.job.training.precision),
     )
     files = input_files(inputs, "an image, a TIFF stack or a folder of them")
     summary = PredictSummary(trained.name, out)

@@ -20,6 +20,7 @@ from matseg.atomic import write_bytes, write_json, write_npy
 from matseg.explain.faithfulness import Faithfulness, faithfulness
 from matseg.explain.heatmap import Compile, Heatmap, Progress, Target, counterfactual_heatmap
 from matseg.explain.roi import read_image, region_of_interest
+from matseg.models import resolve_precision
 from matseg.plots import png, subplots
 from matseg.rundir import EXPLAIN_FIGURE, EXPLAIN_FILE, HEATMAP_FILE, RunDir
 from matseg.trained import TrainedJob, load_trained
@@ -79,8 +80,9 @@ def explain_image(
     target_image = read_image(spec, image_path)
     region = region_of_interest(roi, target_image, spec)
     image = target_image.image
+    precision = resolve_precision(o.precision)  # "auto": bf16 only where it is native
     heat = counterfactual_heatmap(
-        trained.model, image, region, o.kernel, o.window, o.stride, o.target, o.precision,
+        trained.model, image, region, o.kernel, o.window, o.stride, o.target, precision,
         progress=progress, compile=o.compile,
     )  # fmt: skip
     with torch.no_grad():
@@ -106,7 +108,7 @@ def explain_image(
         "window": o.window,
         "stride": o.stride,
         "target": o.target,
-        "precision": o.precision,
+        "precision": precision,
         "windows": heat.evaluated + heat.skipped,
         "windows_run": heat.evaluated,
         "windows_skipped_out_of_reach": heat.skipped,

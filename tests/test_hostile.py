@@ -648,3 +648,32 @@ def test_precision_auto_resolves_by_the_hardware_and_the_job_holds_it(
                                 "training": {"precision": "auto"}}))  # fmt: skip
     (job, *_) = compile_plan(load_profile(path)).jobs
     assert job.training.precision == expected  # hashed and recorded as used
+
+
+# --- progress when nobody watches a terminal ---------------------------------------------------
+
+
+def test_without_a_terminal_run_prints_a_line_per_job_and_epoch_and_a_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matseg.datasets.synthetic import write_synthetic_dataset
+
+    monkeypatch.setattr("matseg.training.HEARTBEAT_S", 0.0)  # a heartbeat after every batch
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_dataset(tmp_path / "data", kind="particles", n_images=12, size=64, seed=0)
+    (tmp_path / "profile.json").write_text(json.dumps({
+        "name": "quiet", "datasets": ["data/dataset.json"],
+        "model": {"encoders": ["resnet18"], "decoders": ["unet", "fpn"], "weights": "none"},
+        "training": {"batch_size": 4, "max_epochs": 2, "patch_size": 64, "crops_per_epoch": 8},
+        "evaluation": {"protocol": "holdout"},
+    }))  # fmt: skip
+    result = _cli("run", "profile.json", "--out", "runs")  # CliRunner's stdout is no terminal
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(x.startswith("job 1 of 2: synthetic-particles / resnet18 + unet") for x in lines)
+    second = next(x for x in lines if x.startswith("job 2 of 2:"))
+    assert "left" in second  # the grid's remaining time, from the first job's
+    epochs = [x for x in lines if ": epoch " in x and "val IoU" in x]
+    assert len(epochs) == 4 and "epoch 1 of at most 2, loss " in epochs[0]
+    assert "s per epoch; at most" in epochs[0] and "for the grid" in epochs[0]
+    assert any("batch 1 of 2" in x and "into the epoch" in x for x in lines)

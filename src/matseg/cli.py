@@ -7,10 +7,12 @@ traceback.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -444,15 +446,88 @@ def _results_table(
     return table
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+class _PlainProgress(logging.Handler):
+    """Progress for a log file, not a terminal (a SLURM job, nohup, CI): one stdout line when
+    a job starts, one per epoch (job, epoch, loss, validation IoU, time per epoch, what is left
+    of the job and of the grid), and the training's heartbeat inside a long epoch."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.write = write
+        self.label, self.index, self.total = "", 0, 0
+        self.job_start = self.epochs_s = 0.0
+        self.epochs = 0
+        self.jobs_s: list[float] = []
+
+    def job(self, label: str, n: int, total: int) -> None:
+        """The pipeline's progress callback: job ``n`` of ``total`` starts (``done``: ended)."""
+        now = time.perf_counter()
+        if self.label:
+            self.jobs_s.append(now - self.job_start)
+        self.label, self.index, self.total, self.job_start = label, n, total, now
+        self.epochs, self.epochs_s = 0, 0.0
+        if label == "done":
+            return
+        left = (
+            f"; about {_minutes(sum(self.jobs_s) / len(self.jobs_s) * (total - n))} left"
+            if self.jobs_s
+            else ""
+        )
+        self.write(f"job {n + 1} of {total}: {label}{left}")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from matseg.training import EPOCH_RECORD
+
+        entry = getattr(record, EPOCH_RECORD, None)
+        if entry is None:
+            if record.name == "matseg.training" and "into the epoch" in record.getMessage():
+                self.write(f"  {self.label}: {record.getMessage()}")
+            return
+        self.epochs += 1
+        self.epochs_s += float(entry["seconds"])
+        per_epoch = self.epochs_s / self.epochs
+        budget = entry.get("max_epochs") or entry["epoch"] + 1
+        job_left = max(0, budget - entry["epoch"] - 1) * per_epoch
+        later = self.total - self.index - 1
+        per_job = sum(self.jobs_s) / len(self.jobs_s) if self.jobs_s else budget * per_epoch
+        self.write(
+            f"  {self.label}: epoch {entry['epoch'] + 1} of at most {budget}, loss "
+            f"{entry['train_loss']:.4f}, val IoU {entry['val_iou']:.4f}, {per_epoch:.1f} s per "
+            f"epoch; at most {_minutes(job_left)} left for this job, about "
+            f"{_minutes(job_left + later * per_job)} for the grid"
+        )
+
+
+@contextmanager
+def _grid_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on a terminal; plain lines on stdout otherwise (see _PlainProgress)."""
+    if sys.stdout.isatty():
+        with _progress("grid") as grid:
+            yield lambda label, n, total: grid(n, total)
+        return
+    plain = _PlainProgress(lambda line: print(line, flush=True))
+    logger = logging.getLogger("matseg.training")
+    logger.addHandler(plain)
+    try:
+        yield plain.job
+    finally:
+        logger.removeHandler(plain)
+
+
 def _run_and_report(profile: Any, out_dir: Path, resume: bool, **executor: Any) -> Path:
     from matseg.pipeline import run
 
-    with _progress("grid") as grid:
+    with _grid_progress() as progress:
         done = run(
             profile,
             out_dir,
             resume=resume,
-            progress=lambda label, n, total: grid(n, total),
+            progress=progress,
+            progress_bar=sys.stdout.isatty(),
             say=lambda m: err.print(m, highlight=False),
             **executor,
         )

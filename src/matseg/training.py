@@ -268,7 +268,7 @@ class SegmentationModule(L.LightningModule):
             }
         )
         self._epoch_losses = []
-        _log_epoch(self.history[-1])
+        _log_epoch(self.history[-1], self.max_epochs)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
@@ -385,11 +385,42 @@ def quiet_lightning() -> Iterator[None]:
         log.info("library warning (%s): %s", w.category.__name__, w.message)
 
 
-def _log_epoch(entry: dict[str, float]) -> None:
+EPOCH_RECORD = "matseg_epoch"  # a log record's extra: the epoch's entry and the epoch budget
+HEARTBEAT_S = 60.0  # inside a long epoch, a progress record at least this often
+
+
+def _log_epoch(entry: dict[str, float], max_epochs: int | None = None) -> None:
     log.info(
         "epoch %d: train loss %.4f, val IoU %.4f, lr %.2e, %.1f s",
         entry["epoch"], entry["train_loss"], entry["val_iou"], entry["lr"], entry["seconds"],
+        extra={EPOCH_RECORD: {**entry, "max_epochs": max_epochs}},
     )  # fmt: skip
+
+
+class _Heartbeat(L.Callback):
+    """A progress record at least every :data:`HEARTBEAT_S` inside an epoch (on a slow CPU the
+    first epoch of a large model can take half an hour), to the job log and, without a
+    terminal, to stdout."""
+
+    def __init__(self, interval_s: float | None = None) -> None:
+        self.interval_s = HEARTBEAT_S if interval_s is None else interval_s
+        self._last = time.perf_counter()
+        self._epoch_start = self._last
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._last = self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *_: Any) -> None:
+        now = time.perf_counter()
+        if now - self._last < self.interval_s or trainer.global_rank != 0:
+            return
+        self._last = now
+        total = trainer.num_training_batches
+        log.info(
+            "epoch %d: batch %d of %s, %.0f s into the epoch",
+            trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed,
+            total, now - self._epoch_start,
+        )  # fmt: skip
 
 
 class _NewEpochCrops(L.Callback):
@@ -569,7 +600,7 @@ def fit(
             precision=resolve_precision(training.precision, training.accelerator),
             max_epochs=training.max_epochs,
             max_time={"minutes": training.max_minutes} if training.max_minutes else None,
-            callbacks=[stopper, _NewEpochCrops(crops)],
+            callbacks=[stopper, _NewEpochCrops(crops), _Heartbeat()],
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=progress_bar,
@@ -588,7 +619,7 @@ def fit(
         if spawned:  # spawned processes trained it: rank 0 left what it found in the hand-back
             outcome = read_handback(handback) or outcome
             for entry in outcome["history"] if outcome else []:  # their log lines stayed there
-                _log_epoch(entry)
+                _log_epoch(entry, training.max_epochs)
         if outcome is None:
             raise RuntimeError(f"training in {log_dir} ended without an outcome from rank 0")
         if outcome.get("diverged"):

@@ -555,6 +555,9 @@ def test_a_signal_stops_the_run_cleanly_and_it_resumes(tmp_path: Path, sig: int)
             break
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
+    if sig == signal.SIGTERM:  # meanwhile a second run of the same folder is refused
+        second = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0 and f"pid {proc.pid}" in second.stderr, second.stderr
     proc.send_signal(sig)
     try:
         _, stderr = proc.communicate(timeout=120)  # bounded: a `timeout` around it works
@@ -677,3 +680,76 @@ def test_without_a_terminal_run_prints_a_line_per_job_and_epoch_and_a_heartbeat(
     assert len(epochs) == 4 and "epoch 1 of at most 2, loss " in epochs[0]
     assert "s per epoch; at most" in epochs[0] and "for the grid" in epochs[0]
     assert any("batch 1 of 2" in x and "into the epoch" in x for x in lines)
+
+
+# --- kill -9 during quality control and explanations, then --resume ---------------------------
+
+STAGES_PROFILE = {
+    "name": "stages", "datasets": ["data/dataset.json"],
+    "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
+    "training": {"batch_size": 4, "max_epochs": 2, "patch_size": 64},
+    "evaluation": {"protocol": "holdout"},
+    "qc": {"enabled": True, "extractors": ["encoder", "classical"], "detector": "knn",
+           "compare": ["knn", "mahalanobis"], "patch_size": 32, "max_patches_per_image": 8,
+           "synthetic_shifts": True},
+    "explain": {"enabled": True, "images": 2, "window": 8, "stride": 4},
+}  # fmt: skip
+
+
+def _stage_outputs(folder: Path) -> dict[str, Any]:
+    """What quality control and the explanations wrote, without their wall-clock times."""
+    out: dict[str, Any] = {}
+    patterns = ("qc/*/*.json", "qc/*/*.csv", "explain/*/*/*.json", "explain/*/*/*.npy")
+    for path in sorted(p for pattern in patterns for p in folder.glob(pattern)):
+        key = path.relative_to(folder).as_posix()
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            out[key] = {k: v for k, v in data.items() if k not in ("seconds", "timings")}
+        elif path.suffix == ".npy":
+            out[key] = np.load(path).tolist()
+        else:
+            out[key] = path.read_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def stages_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    from matseg.datasets.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("stages")
+    write_synthetic_dataset(root / "data", kind="particles", n_images=16, size=64, seed=0)
+    (root / "profile.json").write_text(json.dumps(STAGES_PROFILE))
+    done = subprocess.run(
+        [sys.executable, "-m", "matseg", "run", str(root / "profile.json"), "--out",
+         str(root / "ref")], capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    outputs = _stage_outputs(next((root / "ref").iterdir()))
+    assert any(k.startswith("qc/") for k in outputs) and any(
+        k.startswith("explain/") for k in outputs
+    )
+    return root, outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["qc/*/embeddings.npz", "explain/*/*"])
+def test_kill_9_during_qc_or_explain_then_resume_gives_the_same_outputs(
+    stages_reference: tuple[Path, dict[str, Any]], tmp_path: Path, moment: str
+) -> None:
+    root, reference = stages_reference
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "matseg", "run", str(root / "profile.json"), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(6000):  # until the stage has begun
+        if list(out.glob(f"*/{moment}")):
+            break
+        assert proc.poll() is None, "the run ended before the stage began"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    folder = next(out.iterdir())
+    assert not (folder / "report.html").exists()  # killed before the end
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "trained 0, reused 1" in resumed.stdout
+    assert _stage_outputs(folder) == reference

@@ -132,6 +132,25 @@ def test_out_of_fold_metrics_equal_metrics_recomputed_from_the_saved_predictions
     assert decision.evidence == "oof" and len(decision.images) == len(truth)
 
 
+def test_results_rows_carry_the_targets_error_beside_iou(cv_run: Run) -> None:
+    from matseg.results import results_rows
+
+    target = "area_fraction:particle"
+    rows = results_rows([j.result for j in cv_run.jobs], target)
+    assert len(rows) == len(cv_run.jobs)  # one evaluated split (oof) per fold job
+    for row, job in zip(rows, cv_run.jobs, strict=True):
+        values = job.result.evaluations[row["split"]].quantities[target]
+        error = np.array(values.predicted) - np.array(values.truth)
+        assert row["target"] == target and row["target_unit"] == values.unit
+        assert row["target_abs_error"] == pytest.approx(np.abs(error).mean())
+        assert row["target_bias"] == pytest.approx(error.mean())
+        low, high = row["target_abs_error_low"], row["target_abs_error_high"]
+        assert low <= row["target_abs_error"] <= high
+        assert row["target_truth"] == pytest.approx(np.mean(values.truth))
+    assert all(r["target"] == "" and "target_abs_error" not in r for r in results_rows(
+        [j.result for j in cv_run.jobs]))  # fmt: skip
+
+
 def test_the_record_and_report_carry_the_decision_and_the_ensembles(cv_run: Run) -> None:
     record = read_record(cv_run.folder.record_file)
     (decision,) = record.decisions

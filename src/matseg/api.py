@@ -155,7 +155,11 @@ class Run:
     @property
     def results(self) -> Rows:
         """Table 3: one row per finished job and evaluated split (as results.csv)."""
-        return Rows(results_rows([j.result for j in self.jobs]))
+        return Rows(results_rows([j.result for j in self.jobs], self._target()))
+
+    def _target(self) -> str | None:
+        """The task's target quantity, as the run's profile names it."""
+        return (self.folder.read_profile_data().get("task") or {}).get("target")
 
     def decisions(self) -> list[DatasetDecision]:
         """Per dataset: the ranking on out-of-fold (or validation) evidence, the paired tests,
@@ -173,7 +177,7 @@ class Run:
         from matseg.decision import recommended_combinations
 
         jobs = self.jobs
-        rows = results_rows([j.result for j in jobs])
+        rows = results_rows([j.result for j in jobs], self._target())
         return Rows(best_rows(rows, recommended_combinations(self._decisions(jobs))))
 
     def job(self, prefix: str) -> FinishedJob:

@@ -250,7 +250,7 @@ def run(
 
             score_ensembles(folder, results, prepared, say)
         chosen = recommended_combinations(decisions)
-        rows = results_rows(results)
+        rows = results_rows(results, profile.task.target)
         folder.write_tables(rows, chosen)
         best = _deployed(results, best_rows(rows, chosen), chosen)
         if profile.qc.enabled:  # quality control of the best job per dataset (kept on --resume)

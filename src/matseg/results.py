@@ -13,9 +13,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from matseg.plan import Job, content_hash
+from matseg.quantities import mean_ci
 from matseg.selection import TIE_MARGIN
 
 CONVERGENCE_GAIN = TIE_MARGIN  # IoU gained late in training that still counts as "rising"
@@ -284,11 +286,34 @@ COLUMNS = [
     "baseline_majority_iou", "baseline_all_foreground_iou",
     "best_val_iou", "epochs", "best_epoch", "stopped_by", "converged", "train_seconds",
     "parameters", "latency_ms_256", "n_images", "job",
+    "target", "target_unit", "target_truth", "target_predicted", "target_bias",
+    "target_abs_error", "target_abs_error_low", "target_abs_error_high",
 ]  # fmt: skip
 
 
-def job_rows(result: JobResult) -> list[dict[str, Any]]:
-    """One row per evaluated split of a finished job."""
+def target_cells(ev: SplitResult, target: str | None) -> dict[str, Any]:
+    """The task's target quantity on a split's images: mean truth and prediction, bias and
+    mean absolute error with its bootstrap 95% CI (empty cells without a target)."""
+    values = ev.quantities.get(target) if target else None
+    if values is None:
+        return {"target": target or ""}
+    truth = np.array(values.truth, dtype=float)
+    predicted = np.array(values.predicted, dtype=float)
+    error = predicted - truth
+    ok = np.isfinite(error)
+    bias, _ = mean_ci(error[ok])
+    mae, (low, high) = mean_ci(np.abs(error[ok]))
+    return {
+        "target": target, "target_unit": values.unit,
+        "target_truth": float(np.nanmean(truth)) if np.isfinite(truth).any() else None,
+        "target_predicted": float(np.nanmean(predicted)) if np.isfinite(predicted).any() else None,
+        "target_bias": bias, "target_abs_error": mae,
+        "target_abs_error_low": low, "target_abs_error_high": high,
+    }  # fmt: skip
+
+
+def job_rows(result: JobResult, target: str | None = None) -> list[dict[str, Any]]:
+    """One row per evaluated split of a finished job (with the task's ``target`` quantity)."""
     job = result.job
     rows = []
     for split, ev in result.evaluations.items():
@@ -320,14 +345,15 @@ def job_rows(result: JobResult) -> list[dict[str, Any]]:
                 "parameters": result.parameters,
                 "latency_ms_256": result.latency_ms_256,
                 "n_images": ev.n_images, "job": job.hash,
-            }
+            } | target_cells(ev, target)
         )  # fmt: skip
     return rows
 
 
-def results_rows(results: list[JobResult]) -> list[dict[str, Any]]:
-    """Table 3: one row per finished job and evaluated split, in plan order."""
-    return [row for result in results for row in job_rows(result)]
+def results_rows(results: list[JobResult], target: str | None = None) -> list[dict[str, Any]]:
+    """Table 3: one row per finished job and evaluated split, in plan order; ``target``: the
+    task's quantity, whose error each row carries beside IoU."""
+    return [row for result in results for row in job_rows(result, target)]
 
 
 def best_rows(

@@ -41,6 +41,24 @@ def _one_line(exc: UserError) -> str:
     return line
 
 
+def _tiny_profile(
+    root: Path, name: str, decoders: tuple[str, ...] = ("unet",), **training: Any
+) -> Path:
+    """A profile of resnet18 (random weights) on 12 generated particle micrographs, holdout."""
+    from matseg.datasets.synthetic import write_synthetic_dataset
+
+    if not (root / "data").exists():
+        write_synthetic_dataset(root / "data", kind="particles", n_images=12, size=64, seed=0)
+    path = root / "profile.json"
+    path.write_text(json.dumps({
+        "name": name, "datasets": ["data/dataset.json"],
+        "model": {"encoders": ["resnet18"], "decoders": list(decoders), "weights": "none"},
+        "training": {"batch_size": 4, "patch_size": 64, **training},
+        "evaluation": {"protocol": "holdout"},
+    }))  # fmt: skip
+    return path
+
+
 # --- numbers that JSON's parser accepts and training cannot use ------------------------------
 
 
@@ -500,19 +518,11 @@ def test_dataset_check_refuses_images_that_mix_grey_and_rgb(data_maker: DataMake
 def test_a_job_whose_loss_is_not_finite_fails_and_leaves_no_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from matseg.datasets.synthetic import write_synthetic_dataset
     from matseg.errors import TrainingError
     from matseg.pipeline import run
     from matseg.training import SegmentationModule
 
-    write_synthetic_dataset(tmp_path / "data", kind="particles", n_images=12, size=64, seed=0)
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps({
-        "name": "diverges", "datasets": ["data/dataset.json"],
-        "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
-        "training": {"batch_size": 4, "max_epochs": 3, "patch_size": 64, "learning_rate": 1e3},
-        "evaluation": {"protocol": "holdout"},
-    }))  # fmt: skip
+    path = _tiny_profile(tmp_path, "diverges", max_epochs=3, learning_rate=1e3)
     loss = SegmentationModule._loss
     steps = []
 
@@ -537,16 +547,7 @@ def test_a_job_whose_loss_is_not_finite_fails_and_leaves_no_result(
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_run_cleanly_and_it_resumes(tmp_path: Path, sig: int) -> None:
-    from matseg.datasets.synthetic import write_synthetic_dataset
-
-    write_synthetic_dataset(tmp_path / "data", kind="particles", n_images=12, size=64, seed=0)
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps({
-        "name": "signals", "datasets": ["data/dataset.json"],
-        "model": {"encoders": ["resnet18"], "decoders": ["unet"], "weights": "none"},
-        "training": {"batch_size": 4, "max_epochs": 3, "patch_size": 64, "crops_per_epoch": 48},
-        "evaluation": {"protocol": "holdout"},
-    }))  # fmt: skip
+    profile = _tiny_profile(tmp_path, "signals", max_epochs=3, crops_per_epoch=48)
     command = [sys.executable, "-m", "matseg", "run", str(profile), "--out", str(tmp_path / "r")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(1200):  # until the job's training has begun (its first epoch logged)
@@ -659,17 +660,9 @@ def test_precision_auto_resolves_by_the_hardware_and_the_job_holds_it(
 def test_without_a_terminal_run_prints_a_line_per_job_and_epoch_and_a_heartbeat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from matseg.datasets.synthetic import write_synthetic_dataset
-
     monkeypatch.setattr("matseg.training.HEARTBEAT_S", 0.0)  # a heartbeat after every batch
     monkeypatch.chdir(tmp_path)
-    write_synthetic_dataset(tmp_path / "data", kind="particles", n_images=12, size=64, seed=0)
-    (tmp_path / "profile.json").write_text(json.dumps({
-        "name": "quiet", "datasets": ["data/dataset.json"],
-        "model": {"encoders": ["resnet18"], "decoders": ["unet", "fpn"], "weights": "none"},
-        "training": {"batch_size": 4, "max_epochs": 2, "patch_size": 64, "crops_per_epoch": 8},
-        "evaluation": {"protocol": "holdout"},
-    }))  # fmt: skip
+    _tiny_profile(tmp_path, "quiet", ("unet", "fpn"), max_epochs=2, crops_per_epoch=8)
     result = _cli("run", "profile.json", "--out", "runs")  # CliRunner's stdout is no terminal
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()

@@ -52,13 +52,13 @@ def summarise(run_path: Path, target: str) -> dict:
     for by in ("iou", "target"):
         (d,) = decide(results, ranking_by=Ranking(target, by))
         out[f"by_{by}"] = {"recommended": d.recommended, "verdict": d.verdict,
-                           "ranked_by": d.ranked_by}  # fmt: skip
-        out["combinations"] = {
-            e.name: {"oof_iou": round(e.mean_iou, 4), "target_error": e.target_error,
-                     "target_error_ci": e.target_error_ci, "target_bias": e.target_bias}
-            for e in d.ranking
-        }  # fmt: skip
-        out["notes"] = d.notes
+                           "ranked_by": d.ranked_by, "notes": d.notes}  # fmt: skip
+        if by == "iou":  # ranked by IoU, each combination's evidence holds its IoU
+            out["combinations"] = {
+                e.name: {"oof_iou": round(e.mean_iou, 4), "target_error": e.target_error,
+                         "target_error_ci": e.target_error_ci, "target_bias": e.target_bias}
+                for e in d.ranking
+            }  # fmt: skip
     record = read_record(folder.record_file)
     header, rows = quantity_table(recommend(record), [target])
     out["test_quantities"] = [dict(zip(header, row, strict=True)) for row in rows]
@@ -71,15 +71,22 @@ def summarise(run_path: Path, target: str) -> dict:
 
 
 def main() -> None:
-    args = arguments(__doc__, list(TARGETS), "/tmp/matseg-quantities-real").parse_args()
+    parser = arguments(__doc__, list(TARGETS), "/tmp/matseg-quantities-real")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="decide again from the finished runs, train nothing")  # fmt: skip
+    args = parser.parse_args()
     results = {}
     for dataset in args.datasets:
         targets = TARGETS[dataset][1]  # the first target names the run; the rest re-decide
-        done, wall = run_profile(
-            args.out / dataset, profile(dataset, targets[0], args.epochs, args.crops)
-        )
+        if args.summarise_only:
+            path, wall = next((args.out / dataset / "runs").iterdir()), None
+        else:
+            done, wall = run_profile(
+                args.out / dataset, profile(dataset, targets[0], args.epochs, args.crops)
+            )
+            path = done.path
         for target in targets:
-            summary = summarise(done.path, target) | {"wall_s": wall}
+            summary = summarise(path, target) | {"wall_s": wall}
             results[f"{dataset}/{target}"] = summary
             print(f"{dataset} {target}: {json.dumps(summary)}", flush=True)
     print(json.dumps(results, indent=2))

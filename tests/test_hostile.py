@@ -690,14 +690,15 @@ STAGES_PROFILE = {
 
 
 def _stage_outputs(folder: Path) -> dict[str, Any]:
-    """What quality control and the explanations wrote, without their wall-clock times."""
+    """What quality control and the explanations wrote, without wall-clock times and the
+    folder they were written to."""
     out: dict[str, Any] = {}
     patterns = ("qc/*/*.json", "qc/*/*.csv", "explain/*/*/*.json", "explain/*/*/*.npy")
     for path in sorted(p for pattern in patterns for p in folder.glob(pattern)):
         key = path.relative_to(folder).as_posix()
         if path.suffix == ".json":
             data = json.loads(path.read_text())
-            out[key] = {k: v for k, v in data.items() if k not in ("seconds", "timings")}
+            out[key] = {k: v for k, v in data.items() if k not in ("seconds", "folder")}
         elif path.suffix == ".npy":
             out[key] = np.load(path).tolist()
         else:

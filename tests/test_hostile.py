@@ -356,6 +356,9 @@ def _commands(run: Path, image: Path, out: Path) -> dict[str, list[str]]:
                     "--window", "16", "--stride", "16", "--no-faithful", "--out", str(out / "e")],
         "export": ["export", "--run", str(run), "--out", str(out / "x"), "--no-onnx"],
         "compare": ["compare", str(run), str(run)],
+        "qc evaluate": ["qc", "evaluate", "--run", str(run), "--ood", str(image.parent),
+                        "--no-shifts"],
+        "qc fit": ["qc", "fit", "--run", str(run), "--no-shifts"],
     }  # fmt: skip
 
 

@@ -33,7 +33,7 @@ from matseg.datasets.folds import Fold, cross_validation_folds
 from matseg.datasets.load import usable_inspection
 from matseg.datasets.spec import DatasetSpec
 from matseg.errors import DataError
-from matseg.models import build_model, resolve_precision, save_weights
+from matseg.models import build_model, save_weights
 from matseg.plan import CvFold, Job
 from matseg.plots import sample_predictions_png
 from matseg.profile import Training
@@ -254,8 +254,7 @@ def evaluate_split(
     classes = dataset.classes
     k = len(classes)
     channels_last = uses_channels_last(training)
-    precision = resolve_precision(training.precision, training.accelerator)
-    results = predict(model, dataset, precision, channels_last, training.tta)
+    results = predict(model, dataset, training.precision, channels_last, training.tta)
     confusions = np.zeros((len(results), k, k), dtype=np.int64)
     counts = np.zeros((len(results), k), dtype=np.int64)
     images = []

@@ -299,10 +299,9 @@ def target_cells(ev: SplitResult, target: str | None) -> dict[str, Any]:
         return {"target": target or ""}
     truth = np.array(values.truth, dtype=float)
     predicted = np.array(values.predicted, dtype=float)
-    error = predicted - truth
-    ok = np.isfinite(error)
-    bias, _ = mean_ci(error[ok])
-    mae, (low, high) = mean_ci(np.abs(error[ok]))
+    error = predicted - truth  # mean_ci leaves out images where either is undefined
+    bias, _ = mean_ci(error)
+    mae, (low, high) = mean_ci(np.abs(error))
     return {
         "target": target, "target_unit": values.unit,
         "target_truth": float(np.nanmean(truth)) if np.isfinite(truth).any() else None,

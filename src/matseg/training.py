@@ -528,8 +528,7 @@ def _tensors_shared_by_file(spawning: bool) -> Iterator[None]:
 def uses_channels_last(training: Training) -> bool:
     """The profile's channels_last, defaulting to on with bf16 (where it pays on CPU)."""
     value = training.channels_last
-    precision = resolve_precision(training.precision, training.accelerator)
-    return precision == "bf16-mixed" if value is None else bool(value)
+    return training.precision == "bf16-mixed" if value is None else bool(value)
 
 
 # --- one job ------------------------------------------------------------------------------------
@@ -561,6 +560,9 @@ def fit(
 ) -> FitResult:
     """Train with early stopping on validation IoU; return the model with its best weights."""
     L.seed_everything(seed, workers=True, verbose=False)
+    # a plan's jobs hold a resolved precision; a Training given directly may still say "auto"
+    precision = resolve_precision(training.precision, training.accelerator)
+    training = training.model_copy(update={"precision": precision})
     channels_last = uses_channels_last(training)
     patch = training.patch_size
     length = training.crops_per_epoch or crops_per_epoch(train, patch)
@@ -597,7 +599,7 @@ def fit(
         trainer = L.Trainer(
             accelerator=training.accelerator,
             **where,
-            precision=resolve_precision(training.precision, training.accelerator),
+            precision=training.precision,
             max_epochs=training.max_epochs,
             max_time={"minutes": training.max_minutes} if training.max_minutes else None,
             callbacks=[stopper, _NewEpochCrops(crops), _Heartbeat()],

@@ -7,10 +7,9 @@ an image into the float32 (C, H, W) array the models take.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,15 +50,14 @@ def check_declared_size(path: Path, shape: Sequence[int]) -> None:
         )
 
 
-@contextlib.contextmanager
-def _own_size_check() -> Iterator[None]:
-    # Pillow's own bomb check refuses anything over 179 M pixels, which real SEM mosaics pass;
-    # matseg checks the declared size against its own (configurable) limit instead, while
-    # Pillow reads the header only.
+def _open_pil(path: Path) -> Image.Image:
+    """The image with only its header read. Pillow's own bomb check refuses anything over
+    179 M pixels, which real SEM mosaics pass; matseg checks the declared size against its own
+    (configurable) limit instead, so Pillow's is off while it reads the header."""
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        yield
+        return Image.open(path)
     finally:
         Image.MAX_IMAGE_PIXELS = saved
 
@@ -74,9 +72,7 @@ def _check_file(path: Path) -> None:
 def _read_pil(path: Path) -> np.ndarray:
     """PNG / JPEG / BMP through Pillow; palette images keep their indices (masks often are)."""
     try:
-        with _own_size_check():
-            im = Image.open(path)
-        with im:
+        with _open_pil(path) as im:
             check_declared_size(path, (im.size[1], im.size[0], len(im.getbands())))
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L"):
@@ -119,9 +115,9 @@ def _read_tiff(path: Path) -> np.ndarray:
 def _read_npy(path: Path) -> np.ndarray:
     """NumPy .npy arrays (AFM channel stacks, float images); pickles are refused."""
     try:
-        header = np.load(path, mmap_mode="r", allow_pickle=False)
-        check_declared_size(path, header.shape)
-        return np.load(path, allow_pickle=False)
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, so far
+        check_declared_size(path, mapped.shape)
+        return np.array(mapped)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(
             str(path), "a plain .npy array", f"an unreadable file ({exc})", "save with np.save"
@@ -219,9 +215,7 @@ def probe_shape(path: Path) -> tuple[int, ...]:
     if suffix in (".png", ".jpg", ".jpeg", ".bmp"):
         _check_file(path)
         try:
-            with _own_size_check():
-                im = Image.open(path)
-            with im:
+            with _open_pil(path) as im:
                 bands = len(im.getbands())
                 w, h = im.size
                 return (h, w) if bands == 1 or im.mode == "P" else (h, w, bands)
